@@ -7,4 +7,5 @@ Where things are:
   alignjax.data     embedded procedural dataset, tokenizers, grain pipeline
   alignjax.evaluate zero-shot classification and retrieval evaluators
 """
+
 __version__ = '0.1.0'

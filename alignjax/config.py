@@ -7,6 +7,7 @@ ml_collections. `resolve(config)` then checks the whole tree against the default
 part (trainer, model, loss, optimizer, tokenizer, data): a misspelled or unknown field is an
 error that names the closest valid one, instead of a silently ignored setting.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -18,69 +19,72 @@ ConfigDict = ml_collections.ConfigDict
 
 
 def base_config() -> ConfigDict:
-  """All trainer-level fields with their defaults (a tiny CPU-sized CLIP)."""
-  # Imported here: models/losses/data import heavy deps; config files call this once.
-  from alignjax import data, losses, models, optim
+    """All trainer-level fields with their defaults (a tiny CPU-sized CLIP)."""
+    # Imported here: models/losses/data import heavy deps; config files call this once.
+    from alignjax import data, losses, models, optim
 
-  c = ConfigDict()
-  c.seed = 0
-  c.total_steps = 1000
-  c.batch_size = 256  # Global batch, over all processes and devices.
-  # Micro-batches per step. The gradient equals the full-batch one *exactly*, negatives
-  # included (embeddings of all micro-batches are gathered before the loss; see
-  # `alignjax.train.accumulated_grads`).
-  c.grad_accum_steps = 1
-  c.log_every_steps = 50
-  c.eval_every_steps = 500  # 0: evaluate only at the end.
-  c.checkpoint_every_steps = 500  # Also always at the end.
-  c.keep_checkpoints = 3  # The newest K are kept.
+    c = ConfigDict()
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 256  # Global batch, over all processes and devices.
+    # Micro-batches per step. The gradient equals the full-batch one *exactly*, negatives
+    # included (embeddings of all micro-batches are gathered before the loss; see
+    # `alignjax.train.accumulated_grads`).
+    c.grad_accum_steps = 1
+    c.log_every_steps = 50
+    c.eval_every_steps = 500  # 0: evaluate only at the end.
+    c.checkpoint_every_steps = 500  # Also always at the end.
+    c.keep_checkpoints = 3  # The newest K are kept.
 
-  # Device mesh: axis sizes; -1 takes the remaining devices. Batches are sharded over
-  # (data, fsdp); large weights over fsdp ('embed' axis) and tensor ('mlp', 'heads').
-  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Device mesh: axis sizes; -1 takes the remaining devices. Batches are sharded over
+    # (data, fsdp); large weights over fsdp ('embed' axis) and tensor ('mlp', 'heads').
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
-  c.data = ConfigDict()
-  c.data.train = 'synthetic:shapes'  # Source spec, see `alignjax.data.get_source`.
-  c.data.image_size = 32
-  c.data.normalize = 'minus_one_one'  # or 'clip' (OpenAI mean/std).
-  c.data.num_workers = 0  # grain worker processes; 0 = in the main process.
-  c.data.prefetch_buffer = 2
+    c.data = ConfigDict()
+    c.data.train = 'synthetic:shapes'  # Source spec, see `alignjax.data.get_source`.
+    c.data.image_size = 32
+    c.data.normalize = 'minus_one_one'  # or 'clip' (OpenAI mean/std).
+    c.data.num_workers = 0  # grain worker processes; 0 = in the main process.
+    c.data.prefetch_buffer = 2
 
-  c.tokenizer = data.default_tokenizer_config()
-  c.model = models.default_model_config()
-  c.loss = losses.default_loss_config()
-  c.optim = optim.default_optim_config()
+    c.tokenizer = data.default_tokenizer_config()
+    c.model = models.default_model_config()
+    c.loss = losses.default_loss_config()
+    c.optim = optim.default_optim_config()
 
-  # Evaluators, by name. Each: dict(type=..., data=..., every_steps=...).
-  # `every_steps` 0 or None falls back to `eval_every_steps`.
-  c.evals = ConfigDict()
-  return c
+    # Evaluators, by name. Each: dict(type=..., data=..., every_steps=...).
+    # `every_steps` 0 or None falls back to `eval_every_steps`.
+    c.evals = ConfigDict()
+    return c
 
 
 def closest(name: str, valid: Iterable[str]) -> str:
-  """' (did you mean X?)' for the closest valid name, or ''."""
-  match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-  return f" (did you mean '{match[0]}'?)" if match else ''
+    """' (did you mean X?)' for the closest valid name, or ''."""
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ''
 
 
-def check_fields(given: Mapping[str, Any], valid: Mapping[str, Any] | Iterable[str],
-                 where: str) -> None:
-  """Raises ValueError if `given` has a key that `valid` lacks, naming the closest."""
-  valid_names = sorted(valid.keys() if isinstance(valid, Mapping) else valid)
-  for key in given.keys():
-    if key not in valid_names:
-      raise ValueError(
-          f"Unknown config field '{where}.{key}'{closest(key, valid_names)}. "
-          f"Valid fields of '{where}': {', '.join(valid_names)}.")
+def check_fields(
+    given: Mapping[str, Any], valid: Mapping[str, Any] | Iterable[str], where: str
+) -> None:
+    """Raises ValueError if `given` has a key that `valid` lacks, naming the closest."""
+    valid_names = sorted(valid.keys() if isinstance(valid, Mapping) else valid)
+    for key in given.keys():
+        if key not in valid_names:
+            raise ValueError(
+                f"Unknown config field '{where}.{key}'{closest(key, valid_names)}. "
+                f"Valid fields of '{where}': {', '.join(valid_names)}."
+            )
 
 
 def check_choice(value: Any, valid: Iterable[Any], field: str) -> None:
-  """Raises ValueError if `value` is not one of `valid`, listing them."""
-  valid = list(valid)
-  if value not in valid:
-    hint = closest(str(value), [str(v) for v in valid])
-    raise ValueError(f"Invalid {field}={value!r}{hint}. Valid choices: "
-                     f"{', '.join(repr(v) for v in valid)}.")
+    """Raises ValueError if `value` is not one of `valid`, listing them."""
+    valid = list(valid)
+    if value not in valid:
+        hint = closest(str(value), [str(v) for v in valid])
+        raise ValueError(
+            f"Invalid {field}={value!r}{hint}. Valid choices: {', '.join(repr(v) for v in valid)}."
+        )
 
 
 # Sub-trees whose fields are checked against `base_config()` recursively. `evals` is a
@@ -89,32 +93,33 @@ _FREE_FORM = ('evals',)
 
 
 def _check_tree(given: ConfigDict, defaults: ConfigDict, where: str) -> None:
-  check_fields(given, defaults, where)
-  for key, value in given.items():
-    if key in _FREE_FORM and where == 'config':
-      continue
-    default = defaults[key]
-    if isinstance(default, ConfigDict) and isinstance(value, (ConfigDict, dict)):
-      _check_tree(ConfigDict(value), default, f'{where}.{key}')
+    check_fields(given, defaults, where)
+    for key, value in given.items():
+        if key in _FREE_FORM and where == 'config':
+            continue
+        default = defaults[key]
+        if isinstance(default, ConfigDict) and isinstance(value, (ConfigDict, dict)):
+            _check_tree(ConfigDict(value), default, f'{where}.{key}')
 
 
 def resolve(config: ConfigDict) -> ConfigDict:
-  """Validates a training config against `base_config()`; returns a locked copy.
+    """Validates a training config against `base_config()`; returns a locked copy.
 
-  Raises ValueError naming the first unknown field and its closest valid spelling,
-  or the first inconsistent value (e.g. a batch not divisible by micro-batches).
-  """
-  config = ConfigDict(config.to_dict() if isinstance(config, ConfigDict) else config)
-  _check_tree(config, base_config(), 'config')
-  if config.total_steps <= 0:
-    raise ValueError(f'config.total_steps must be positive, got {config.total_steps}.')
-  if config.batch_size % config.grad_accum_steps:
-    raise ValueError(
-        f'config.batch_size={config.batch_size} is not divisible by '
-        f'config.grad_accum_steps={config.grad_accum_steps}; choose a batch size that '
-        f'is a multiple of the number of micro-batches.')
-  for name, ev in config.evals.items():
-    if 'type' not in ev:
-      raise ValueError(f"config.evals.{name} has no 'type'.")
-  config.lock()
-  return config
+    Raises ValueError naming the first unknown field and its closest valid spelling,
+    or the first inconsistent value (e.g. a batch not divisible by micro-batches).
+    """
+    config = ConfigDict(config.to_dict() if isinstance(config, ConfigDict) else config)
+    _check_tree(config, base_config(), 'config')
+    if config.total_steps <= 0:
+        raise ValueError(f'config.total_steps must be positive, got {config.total_steps}.')
+    if config.batch_size % config.grad_accum_steps:
+        raise ValueError(
+            f'config.batch_size={config.batch_size} is not divisible by '
+            f'config.grad_accum_steps={config.grad_accum_steps}; choose a batch size that '
+            f'is a multiple of the number of micro-batches.'
+        )
+    for name, ev in config.evals.items():
+        if 'type' not in ev:
+            raise ValueError(f"config.evals.{name} has no 'type'.")
+    config.lock()
+    return config

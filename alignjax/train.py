@@ -12,6 +12,7 @@ Every method is a model, a loss and a config run by this loop. In order:
 
 The train step (`make_train_step`) is a pure function of (state, global batch).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,11 +41,12 @@ ConfigDict = ml_collections.ConfigDict
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything that changes during training and is checkpointed."""
-  step: jax.Array  # int32 scalar: number of updates applied.
-  params: Any
-  opt_state: Any
-  rng: jax.Array  # Key data (uint32), split once per step.
+    """Everything that changes during training and is checkpointed."""
+
+    step: jax.Array  # int32 scalar: number of updates applied.
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # Key data (uint32), split once per step.
 
 
 # --------------------------------------------------------------------------------------
@@ -52,65 +54,75 @@ class TrainState:
 
 
 def _opt_state_shardings(abstract_opt_state, param_paths_to_sharding, mesh):
-  """Shards each optimizer-state leaf like the parameter whose path ends its own path.
+    """Shards each optimizer-state leaf like the parameter whose path ends its own path.
 
-  optax states mirror the parameter tree (e.g. `.../mu/img/embedding/kernel`), so Adam's
-  moments get their parameter's sharding; counters and the like are replicated.
-  """
-  def one(path, leaf):
-    p = optim.path_str(path)
-    for param_path, (shape, sharding) in param_paths_to_sharding.items():
-      if (p == param_path or p.endswith('/' + param_path)) and tuple(leaf.shape) == shape:
-        return sharding
-    return parallel.replicated(mesh)
-  return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
+    optax states mirror the parameter tree (e.g. `.../mu/img/embedding/kernel`), so Adam's
+    moments get their parameter's sharding; counters and the like are replicated.
+    """
+
+    def one(path, leaf):
+        p = optim.path_str(path)
+        for param_path, (shape, sharding) in param_paths_to_sharding.items():
+            if (p == param_path or p.endswith('/' + param_path)) and tuple(leaf.shape) == shape:
+                return sharding
+        return parallel.replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
 
 
 def init_inputs(config: ConfigDict, batch: int) -> tuple[jax.ShapeDtypeStruct, ...]:
-  size = config.data.image_size
-  return (jnp.zeros((batch, size, size, 3), jnp.float32),
-          jnp.zeros((batch, config.model.text.context_length), jnp.int32))
+    size = config.data.image_size
+    return (
+        jnp.zeros((batch, size, size, 3), jnp.float32),
+        jnp.zeros((batch, config.model.text.context_length), jnp.int32),
+    )
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       config: ConfigDict, mesh: jax.sharding.Mesh):
-  """Returns (abstract_state, state_shardings, init_fn).
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, config: ConfigDict, mesh: jax.sharding.Mesh
+):
+    """Returns (abstract_state, state_shardings, init_fn).
 
-  `init_fn()` creates the state directly in its sharded layout: no host ever holds the
-  full parameters (jit with out_shardings).
-  """
-  n = parallel.batch_size_per_shard(mesh)
-  images, tokens = init_inputs(config, n)
+    `init_fn()` creates the state directly in its sharded layout: no host ever holds the
+    full parameters (jit with out_shardings).
+    """
+    n = parallel.batch_size_per_shard(mesh)
+    images, tokens = init_inputs(config, n)
 
-  def boxed_params(rng):
-    return model.init(rng, images, tokens)['params']
+    def boxed_params(rng):
+        return model.init(rng, images, tokens)['params']
 
-  with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
-    abstract_boxed = jax.eval_shape(boxed_params, jax.random.key(0))
-  param_sh = parallel.param_shardings(abstract_boxed, mesh)
-  abstract_params = nn.unbox(abstract_boxed)
-  paths = jax.tree_util.tree_leaves(optim.tree_paths(abstract_params))
-  flat = zip(paths, jax.tree_util.tree_leaves(abstract_params),
-             jax.tree_util.tree_leaves(param_sh))
-  by_path = {p: (tuple(a.shape), s) for p, a, s in flat}
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  opt_sh = _opt_state_shardings(abstract_opt, by_path, mesh)
-  rep = parallel.replicated(mesh)
-  shardings = TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
-
-  def make_state(seed):
-    init_rng, train_rng = jax.random.split(jax.random.key(seed))
-    params = nn.unbox(boxed_params(init_rng))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=jax.random.key_data(train_rng))
-
-  def init_fn():
     with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
-      return jax.jit(make_state, static_argnums=0, out_shardings=shardings)(config.seed)
+        abstract_boxed = jax.eval_shape(boxed_params, jax.random.key(0))
+    param_sh = parallel.param_shardings(abstract_boxed, mesh)
+    abstract_params = nn.unbox(abstract_boxed)
+    paths = jax.tree_util.tree_leaves(optim.tree_paths(abstract_params))
+    flat = zip(
+        paths, jax.tree_util.tree_leaves(abstract_params), jax.tree_util.tree_leaves(param_sh)
+    )
+    by_path = {p: (tuple(a.shape), s) for p, a, s in flat}
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_sh = _opt_state_shardings(abstract_opt, by_path, mesh)
+    rep = parallel.replicated(mesh)
+    shardings = TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
 
-  abstract_state = jax.eval_shape(lambda: make_state(config.seed))
-  abstract_state = checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
-  return abstract_state, shardings, init_fn
+    def make_state(seed):
+        init_rng, train_rng = jax.random.split(jax.random.key(seed))
+        params = nn.unbox(boxed_params(init_rng))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(train_rng),
+        )
+
+    def init_fn():
+        with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
+            return jax.jit(make_state, static_argnums=0, out_shardings=shardings)(config.seed)
+
+    abstract_state = jax.eval_shape(lambda: make_state(config.seed))
+    abstract_state = checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
+    return abstract_state, shardings, init_fn
 
 
 # --------------------------------------------------------------------------------------
@@ -118,148 +130,172 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
 
 
 def _split_micro(x: jax.Array, num_micro: int) -> jax.Array:
-  """[B, ...] -> [M, B/M, ...] with micro-batch k = rows k, k+M, k+2M, ...
+    """[B, ...] -> [M, B/M, ...] with micro-batch k = rows k, k+M, k+2M, ...
 
-  Strided (not contiguous) micro-batches keep every micro-batch spread over all devices
-  of the batch axes, so no device idles while another computes its micro-batch.
-  """
-  b = x.shape[0]
-  x = x.reshape((b // num_micro, num_micro) + x.shape[1:])
-  return jnp.swapaxes(x, 0, 1)
+    Strided (not contiguous) micro-batches keep every micro-batch spread over all devices
+    of the batch axes, so no device idles while another computes its micro-batch.
+    """
+    b = x.shape[0]
+    x = x.reshape((b // num_micro, num_micro) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
 
 
 def _merge_micro(x: jax.Array) -> jax.Array:
-  """Inverse of `_split_micro`: [M, B/M, ...] -> [B, ...] in the original row order."""
-  x = jnp.swapaxes(x, 0, 1)
-  return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+    """Inverse of `_split_micro`: [M, B/M, ...] -> [B, ...] in the original row order."""
+    x = jnp.swapaxes(x, 0, 1)
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
 def _is_diff(x) -> bool:
-  return jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    return jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
 
 
-def accumulated_grads(forward: Callable, params, batch: dict[str, jax.Array],
-                      loss_fn: Callable, num_micro: int):
-  """Full-batch loss and gradient of a contrastive loss, M micro-batches at a time.
+def accumulated_grads(
+    forward: Callable, params, batch: dict[str, jax.Array], loss_fn: Callable, num_micro: int
+):
+    """Full-batch loss and gradient of a contrastive loss, M micro-batches at a time.
 
-  Plain accumulation is wrong for contrastive losses: every sample's negatives are the
-  whole batch. Instead (GradCache, Gao et al. 2021):
-    1. embed each micro-batch without keeping activations;
-    2. evaluate the loss on the *global* embeddings and take its gradient g w.r.t. them
-       (and w.r.t. the logit scale/bias, which enter once);
-    3. re-run each micro-batch's forward pass and pull g_k back through it (a VJP),
-       summing the parameter gradients.
-  The result equals the one-batch gradient up to float summation order; activation
-  memory is that of one micro-batch, plus the [B, D] embeddings.
-  """
-  micro = jax.tree_util.tree_map(lambda x: _split_micro(x, num_micro), batch)
+    Plain accumulation is wrong for contrastive losses: every sample's negatives are the
+    whole batch. Instead (GradCache, Gao et al. 2021):
+      1. embed each micro-batch without keeping activations;
+      2. evaluate the loss on the *global* embeddings and take its gradient g w.r.t. them
+         (and w.r.t. the logit scale/bias, which enter once);
+      3. re-run each micro-batch's forward pass and pull g_k back through it (a VJP),
+         summing the parameter gradients.
+    The result equals the one-batch gradient up to float summation order; activation
+    memory is that of one micro-batch, plus the [B, D] embeddings.
+    """
+    micro = jax.tree_util.tree_map(lambda x: _split_micro(x, num_micro), batch)
 
-  # 1. Embeddings of every micro-batch (lax.map: no residuals kept for a backward pass).
-  outs = jax.lax.map(lambda mb: forward(params, mb), micro)
-  # Scalars (logit scale and bias) come from micro-batch 0: they are the same in every
-  # micro-batch, and the loss must depend on them once.
-  full = jax.tree_util.tree_map(lambda x: x[0] if x.ndim == 1 else _merge_micro(x), outs)
+    # 1. Embeddings of every micro-batch (lax.map: no residuals kept for a backward pass).
+    outs = jax.lax.map(lambda mb: forward(params, mb), micro)
+    # Scalars (logit scale and bias) come from micro-batch 0: they are the same in every
+    # micro-batch, and the loss must depend on them once.
+    full = jax.tree_util.tree_map(lambda x: x[0] if x.ndim == 1 else _merge_micro(x), outs)
 
-  # 2. Loss on the global batch and its gradient w.r.t. the (float) model outputs.
-  leaves, treedef = jax.tree_util.tree_flatten(full)
-  diff_idx = [i for i, x in enumerate(leaves) if _is_diff(x)]
+    # 2. Loss on the global batch and its gradient w.r.t. the (float) model outputs.
+    leaves, treedef = jax.tree_util.tree_flatten(full)
+    diff_idx = [i for i, x in enumerate(leaves) if _is_diff(x)]
 
-  def loss_of_leaves(diff_leaves):
-    all_leaves = list(leaves)
-    for i, x in zip(diff_idx, diff_leaves):
-      all_leaves[i] = x
-    return loss_fn(jax.tree_util.tree_unflatten(treedef, all_leaves))
+    def loss_of_leaves(diff_leaves):
+        all_leaves = list(leaves)
+        for i, x in zip(diff_idx, diff_leaves):
+            all_leaves[i] = x
+        return loss_fn(jax.tree_util.tree_unflatten(treedef, all_leaves))
 
-  (loss, metrics), g_diff = jax.value_and_grad(loss_of_leaves, has_aux=True)(
-      [leaves[i] for i in diff_idx])
+    (loss, metrics), g_diff = jax.value_and_grad(loss_of_leaves, has_aux=True)(
+        [leaves[i] for i in diff_idx]
+    )
 
-  # Cotangents per micro-batch, in the output's own structure.
-  cot_leaves = []
-  g_iter = iter(g_diff)
-  for i, x in enumerate(leaves):
-    if i in diff_idx:
-      g = next(g_iter)
-      if x.ndim == 0:  # Scalar: all of its gradient flows through micro-batch 0.
-        g = jnp.zeros((num_micro,), g.dtype).at[0].set(g)
-      else:
-        g = _split_micro(g, num_micro)
-      cot_leaves.append(g)
-    else:
-      cot_leaves.append(None)
+    # Cotangents per micro-batch, in the output's own structure.
+    cot_leaves = []
+    g_iter = iter(g_diff)
+    for i, x in enumerate(leaves):
+        if i in diff_idx:
+            g = next(g_iter)
+            if x.ndim == 0:  # Scalar: all of its gradient flows through micro-batch 0.
+                g = jnp.zeros((num_micro,), g.dtype).at[0].set(g)
+            else:
+                g = _split_micro(g, num_micro)
+            cot_leaves.append(g)
+        else:
+            cot_leaves.append(None)
 
-  # 3. Re-run each micro-batch with a VJP and sum the parameter gradients.
-  def body(grads, k):
-    mb = jax.tree_util.tree_map(lambda x: x[k], micro)
-    out_k, pullback = jax.vjp(lambda p: forward(p, mb), params)
-    out_leaves = jax.tree_util.tree_leaves(out_k)
-    cot = [c[k] if c is not None else np.zeros(o.shape, jax.dtypes.float0)
-           for c, o in zip(cot_leaves, out_leaves)]
-    (g_params,) = pullback(jax.tree_util.tree_unflatten(treedef, cot))
-    return jax.tree_util.tree_map(jnp.add, grads, g_params), None
+    # 3. Re-run each micro-batch with a VJP and sum the parameter gradients.
+    def body(grads, k):
+        mb = jax.tree_util.tree_map(lambda x: x[k], micro)
+        out_k, pullback = jax.vjp(lambda p: forward(p, mb), params)
+        out_leaves = jax.tree_util.tree_leaves(out_k)
+        cot = [
+            c[k] if c is not None else np.zeros(o.shape, jax.dtypes.float0)
+            for c, o in zip(cot_leaves, out_leaves)
+        ]
+        (g_params,) = pullback(jax.tree_util.tree_unflatten(treedef, cot))
+        return jax.tree_util.tree_map(jnp.add, grads, g_params), None
 
-  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-  grads, _ = jax.lax.scan(body, zeros, jnp.arange(num_micro))
-  return loss, metrics, grads
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    grads, _ = jax.lax.scan(body, zeros, jnp.arange(num_micro))
+    return loss, metrics, grads
 
 
-def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTransformation,
-                    schedule: Callable, config: ConfigDict) -> Callable:
-  """The pure train step: (state, batch) -> (new_state, metrics).
+def make_train_step(
+    model: nn.Module,
+    loss_fn: Callable,
+    tx: optax.GradientTransformation,
+    schedule: Callable,
+    config: ConfigDict,
+) -> Callable:
+    """The pure train step: (state, batch) -> (new_state, metrics).
 
-  Non-finite loss or gradients: the update is not applied (the returned state equals the
-  input state, step included) and `metrics['finite']` is False; the loop then halts, so a
-  NaN never reaches the parameters or a checkpoint.
-  """
-  frozen = tuple(config.optim.freeze)
-  return_tokens = bool(config.loss.get('needs_tokens', False))
+    Non-finite loss or gradients: the update is not applied (the returned state equals the
+    input state, step included) and `metrics['finite']` is False; the loop then halts, so a
+    NaN never reaches the parameters or a checkpoint.
+    """
+    frozen = tuple(config.optim.freeze)
+    return_tokens = bool(config.loss.get('needs_tokens', False))
 
-  def forward(params, batch, rng=None):
-    if frozen:  # No backward pass through frozen towers (LiT): they are constants.
-      mask = optim.frozen_mask(params, frozen)
-      params = jax.tree_util.tree_map(
-          lambda f, p: jax.lax.stop_gradient(p) if f else p, mask, params)
-    return model.apply({'params': params}, batch['image'], batch['tokens'],
-                       return_tokens=return_tokens, train=True)
+    def forward(params, batch, rng=None):
+        if frozen:  # No backward pass through frozen towers (LiT): they are constants.
+            mask = optim.frozen_mask(params, frozen)
+            params = jax.tree_util.tree_map(
+                lambda f, p: jax.lax.stop_gradient(p) if f else p, mask, params
+            )
+        return model.apply(
+            {'params': params},
+            batch['image'],
+            batch['tokens'],
+            return_tokens=return_tokens,
+            train=True,
+        )
 
-  def train_step(state: TrainState, batch: dict[str, jax.Array]):
-    if config.grad_accum_steps > 1:
-      loss, metrics, grads = accumulated_grads(
-          forward, state.params, batch, loss_fn, config.grad_accum_steps)
-    else:
-      def loss_of(params):
-        return loss_fn(forward(params, batch))
-      (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        if config.grad_accum_steps > 1:
+            loss, metrics, grads = accumulated_grads(
+                forward, state.params, batch, loss_fn, config.grad_accum_steps
+            )
+        else:
 
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    if config.optim.clamp_logit_scale:
-      params = optim.clamp_logit_scale(params)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            def loss_of(params):
+                return loss_fn(forward(params, batch))
 
-    rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
-    new_state = jax.tree_util.tree_map(
-        lambda new, old: jnp.where(finite, new, old), new_state, state)
+            (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
 
-    metrics = {f'train/{k}': v for k, v in metrics.items()}
-    metrics.update({
-        'train/loss': loss,
-        'train/lr': schedule(state.step),
-        'train/grad_norm': grad_norm,
-        'train/param_norm': optax.tree.norm(state.params),
-        'finite': finite,
-    })
-    return new_state, metrics
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        if config.optim.clamp_logit_scale:
+            params = optim.clamp_logit_scale(params)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-  return train_step
+        rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+        new_state = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(finite, new, old), new_state, state
+        )
+
+        metrics = {f'train/{k}': v for k, v in metrics.items()}
+        metrics.update(
+            {
+                'train/loss': loss,
+                'train/lr': schedule(state.step),
+                'train/grad_norm': grad_norm,
+                'train/param_norm': optax.tree.norm(state.params),
+                'finite': finite,
+            }
+        )
+        return new_state, metrics
+
+    return train_step
 
 
 def jit_train_step(train_step: Callable, state_shardings, mesh):
-  batch_sh = parallel.batch_sharding(mesh)
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_sh),
-                 out_shardings=(state_shardings, parallel.replicated(mesh)),
-                 donate_argnums=(0,))
+    batch_sh = parallel.batch_sharding(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_sh),
+        out_shardings=(state_shardings, parallel.replicated(mesh)),
+        donate_argnums=(0,),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -267,166 +303,193 @@ def jit_train_step(train_step: Callable, state_shardings, mesh):
 
 
 def _check_consistency(config: ConfigDict, tokenizer, mesh) -> None:
-  parallel.check_batch_size(config.batch_size, mesh)
-  micro = config.batch_size // config.grad_accum_steps
-  parallel.check_batch_size(micro, mesh, what='micro-batch (batch_size / grad_accum_steps)')
-  if tokenizer.vocab_size > config.model.text.vocab_size:
-    raise ValueError(f'Tokenizer vocab_size {tokenizer.vocab_size} exceeds the text tower\'s '
-                     f'config.model.text.vocab_size={config.model.text.vocab_size}.')
-  if tokenizer.context_length != config.model.text.context_length:
-    raise ValueError(
-        f'config.tokenizer.context_length={tokenizer.context_length} differs from '
-        f'config.model.text.context_length={config.model.text.context_length}; set both.')
+    parallel.check_batch_size(config.batch_size, mesh)
+    micro = config.batch_size // config.grad_accum_steps
+    parallel.check_batch_size(micro, mesh, what='micro-batch (batch_size / grad_accum_steps)')
+    if tokenizer.vocab_size > config.model.text.vocab_size:
+        raise ValueError(
+            f'Tokenizer vocab_size {tokenizer.vocab_size} exceeds the text tower\'s '
+            f'config.model.text.vocab_size={config.model.text.vocab_size}.'
+        )
+    if tokenizer.context_length != config.model.text.context_length:
+        raise ValueError(
+            f'config.tokenizer.context_length={tokenizer.context_length} differs from '
+            f'config.model.text.context_length={config.model.text.context_length}; set both.'
+        )
 
 
 class NonFiniteError(FloatingPointError):
-  """Training produced a NaN or Inf; raised after the last good checkpoint is safe."""
+    """Training produced a NaN or Inf; raised after the last good checkpoint is safe."""
 
 
 def _raise_non_finite(step: int, metrics: dict[str, Any]) -> None:
-  values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != 'finite'}
-  bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-  raise NonFiniteError(
-      f'Non-finite values at step {step}: {bad} (all metrics: {values}). The update was not '
-      f'applied and no checkpoint was written with it. Lower optim.lr, enable '
-      f'optim.grad_clip_norm, or check the data at this step.')
+    values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != 'finite'}
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    raise NonFiniteError(
+        f'Non-finite values at step {step}: {bad} (all metrics: {values}). The update was not '
+        f'applied and no checkpoint was written with it. Lower optim.lr, enable '
+        f'optim.grad_clip_norm, or check the data at this step.'
+    )
 
 
 @dataclasses.dataclass
 class Trainer:
-  """The pieces of a run, built from a config; `train_and_evaluate` drives them.
+    """The pieces of a run, built from a config; `train_and_evaluate` drives them.
 
-  Useful on its own in notebooks and tests: `t = build_trainer(config)`,
-  `state = t.init_fn()`, `state, metrics = t.step_fn(state, batch)`.
-  """
-  config: ConfigDict
-  mesh: jax.sharding.Mesh
-  tokenizer: Any
-  model: nn.Module
-  loss_fn: Callable
-  tx: optax.GradientTransformation
-  schedule: Callable
-  abstract_state: TrainState  # ShapeDtypeStructs with the target shardings.
-  state_shardings: TrainState
-  init_fn: Callable[[], TrainState]
-  step_fn: Callable  # jitted (state, global batch) -> (state, metrics); donates state.
+    Useful on its own in notebooks and tests: `t = build_trainer(config)`,
+    `state = t.init_fn()`, `state, metrics = t.step_fn(state, batch)`.
+    """
 
-  def global_batch(self, local_batch):
-    return parallel.make_global_batch(local_batch, self.mesh)
+    config: ConfigDict
+    mesh: jax.sharding.Mesh
+    tokenizer: Any
+    model: nn.Module
+    loss_fn: Callable
+    tx: optax.GradientTransformation
+    schedule: Callable
+    abstract_state: TrainState  # ShapeDtypeStructs with the target shardings.
+    state_shardings: TrainState
+    init_fn: Callable[[], TrainState]
+    step_fn: Callable  # jitted (state, global batch) -> (state, metrics); donates state.
+
+    def global_batch(self, local_batch):
+        return parallel.make_global_batch(local_batch, self.mesh)
 
 
 def build_trainer(config: ConfigDict, devices=None) -> Trainer:
-  """Validates `config` and builds mesh, tokenizer, model, loss, optimizer and step."""
-  config = config_lib.resolve(config)
-  mesh = parallel.make_mesh(config.mesh, devices)
-  tokenizer = data_lib.build_tokenizer(config.tokenizer)
-  _check_consistency(config, tokenizer, mesh)
-  model = models.build(config.model)
-  loss_fn = losses.build(config.loss, mesh)
-  optim_config = ConfigDict(dict(config.optim.to_dict(), total_steps=config.total_steps))
-  abstract_params = nn.unbox(jax.eval_shape(
-      lambda: model.init(jax.random.key(0), *init_inputs(config, 1))['params']))
-  tx, schedule = optim.make_optimizer(optim_config, abstract_params)
-  abstract_state, state_sh, init_fn = create_train_state(model, tx, config, mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
-    step_fn = jit_train_step(make_train_step(model, loss_fn, tx, schedule, config),
-                             state_sh, mesh)
-  return Trainer(config, mesh, tokenizer, model, loss_fn, tx, schedule, abstract_state,
-                 state_sh, init_fn, step_fn)
+    """Validates `config` and builds mesh, tokenizer, model, loss, optimizer and step."""
+    config = config_lib.resolve(config)
+    mesh = parallel.make_mesh(config.mesh, devices)
+    tokenizer = data_lib.build_tokenizer(config.tokenizer)
+    _check_consistency(config, tokenizer, mesh)
+    model = models.build(config.model)
+    loss_fn = losses.build(config.loss, mesh)
+    optim_config = ConfigDict(dict(config.optim.to_dict(), total_steps=config.total_steps))
+    abstract_params = nn.unbox(
+        jax.eval_shape(lambda: model.init(jax.random.key(0), *init_inputs(config, 1))['params'])
+    )
+    tx, schedule = optim.make_optimizer(optim_config, abstract_params)
+    abstract_state, state_sh, init_fn = create_train_state(model, tx, config, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
+        step_fn = jit_train_step(
+            make_train_step(model, loss_fn, tx, schedule, config), state_sh, mesh
+        )
+    return Trainer(
+        config,
+        mesh,
+        tokenizer,
+        model,
+        loss_fn,
+        tx,
+        schedule,
+        abstract_state,
+        state_sh,
+        init_fn,
+        step_fn,
+    )
 
 
 def make_train_iterator(config: ConfigDict, tokenizer):
-  """This process's grain iterator over `config.data.train` (checkpointable)."""
-  source = data_lib.get_source(config.data.train, 'train', image_size=config.data.image_size,
-                               seed=config.seed)
-  return data_lib.make_train_iterator(
-      source, tokenizer=tokenizer, global_batch_size=config.batch_size, seed=config.seed,
-      num_workers=config.data.num_workers, prefetch_buffer=config.data.prefetch_buffer,
-      normalize=config.data.normalize)
+    """This process's grain iterator over `config.data.train` (checkpointable)."""
+    source = data_lib.get_source(
+        config.data.train, 'train', image_size=config.data.image_size, seed=config.seed
+    )
+    return data_lib.make_train_iterator(
+        source,
+        tokenizer=tokenizer,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        prefetch_buffer=config.data.prefetch_buffer,
+        normalize=config.data.normalize,
+    )
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[str, float]:
-  """Trains (resuming from `workdir` if it has checkpoints) and returns the final metrics.
+    """Trains (resuming from `workdir` if it has checkpoints) and returns the final metrics.
 
-  `devices` defaults to all devices; tests pass a subset to compare meshes.
-  """
-  t = build_trainer(config, devices)
-  config, mesh, model, tokenizer = t.config, t.mesh, t.model, t.tokenizer
-  os.makedirs(workdir, exist_ok=True)
-  workdir_lib.write_config(workdir, config)
-  train_iter = make_train_iterator(config, tokenizer)
+    `devices` defaults to all devices; tests pass a subset to compare meshes.
+    """
+    t = build_trainer(config, devices)
+    config, mesh, model, tokenizer = t.config, t.mesh, t.model, t.tokenizer
+    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.write_config(workdir, config)
+    train_iter = make_train_iterator(config, tokenizer)
 
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                     keep=config.keep_checkpoints)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state = ckpt.restore(latest, t.abstract_state, train_iter)
-    _log(f'Resumed from step {latest} in {ckpt.directory}')
-  else:
-    state = t.init_fn()
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    _log(f'Initialised {n_params / 1e6:.2f}M parameters on mesh {dict(mesh.shape)}')
+    ckpt = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints
+    )
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = ckpt.restore(latest, t.abstract_state, train_iter)
+        _log(f'Resumed from step {latest} in {ckpt.directory}')
+    else:
+        state = t.init_fn()
+        n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+        _log(f'Initialised {n_params / 1e6:.2f}M parameters on mesh {dict(mesh.shape)}')
 
-  step_fn = t.step_fn
-  evaluators = evaluate_lib.build_evaluators(config, model, tokenizer, mesh)
-  writer = workdir_lib.MetricsWriter(workdir)
-  start = int(jax.device_get(state.step))
-  progress = workdir_lib.Progress(config.total_steps, start, config.batch_size)
+    step_fn = t.step_fn
+    evaluators = evaluate_lib.build_evaluators(config, model, tokenizer, mesh)
+    writer = workdir_lib.MetricsWriter(workdir)
+    start = int(jax.device_get(state.step))
+    progress = workdir_lib.Progress(config.total_steps, start, config.batch_size)
 
-  def run_evals(step: int, final: bool) -> dict[str, float]:
-    results = {}
-    for ev in evaluators:
-      if final or ev.due(step):
-        results.update(ev.run(state.params))
-    if results:
-      writer.write(step, results)
-    return results
+    def run_evals(step: int, final: bool) -> dict[str, float]:
+        results = {}
+        for ev in evaluators:
+            if final or ev.due(step):
+                results.update(ev.run(state.params))
+        if results:
+            writer.write(step, results)
+        return results
 
-  pending = None  # (step, metrics) of the previous step, checked one step late.
-  eval_results: dict[str, float] = {}
-  try:
-    for step in range(start + 1, config.total_steps + 1):
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        batch = parallel.make_global_batch(next(train_iter), mesh)
-        state, metrics = step_fn(state, batch)
-      # Checking the previous step lets this one run while the host waits.
-      if pending is not None and not bool(pending[1]['finite']):
-        _raise_non_finite(*pending)
-      pending = (step, metrics)
+    pending = None  # (step, metrics) of the previous step, checked one step late.
+    eval_results: dict[str, float] = {}
+    try:
+        for step in range(start + 1, config.total_steps + 1):
+            with jax.profiler.StepTraceAnnotation('train', step_num=step):
+                batch = parallel.make_global_batch(next(train_iter), mesh)
+                state, metrics = step_fn(state, batch)
+            # Checking the previous step lets this one run while the host waits.
+            if pending is not None and not bool(pending[1]['finite']):
+                _raise_non_finite(*pending)
+            pending = (step, metrics)
 
-      if step % config.log_every_steps == 0 or step == config.total_steps:
-        if not bool(metrics['finite']):
-          _raise_non_finite(step, metrics)
-        host = {k: v for k, v in jax.device_get(metrics).items() if k != 'finite'}
-        host.update({f'train/{k}': v for k, v in progress.measure(step).items()})
-        writer.write(step, host)
-        progress.report(step, host)
-      last = step == config.total_steps
-      if not last and config.eval_every_steps and step % config.eval_every_steps == 0:
-        eval_results = run_evals(step, final=False)
-        workdir_lib.print_table(f'Evaluation at step {step}', eval_results)
-      if last or step % config.checkpoint_every_steps == 0:
-        if not bool(metrics['finite']):
-          _raise_non_finite(step, metrics)
-        ckpt.save(step, state, train_iter)
-    final_step = int(jax.device_get(state.step))
-    eval_results = run_evals(final_step, final=True)
-  finally:
-    ckpt.close()
-    writer.close()
+            if step % config.log_every_steps == 0 or step == config.total_steps:
+                if not bool(metrics['finite']):
+                    _raise_non_finite(step, metrics)
+                host = {k: v for k, v in jax.device_get(metrics).items() if k != 'finite'}
+                host.update({f'train/{k}': v for k, v in progress.measure(step).items()})
+                writer.write(step, host)
+                progress.report(step, host)
+            last = step == config.total_steps
+            if not last and config.eval_every_steps and step % config.eval_every_steps == 0:
+                eval_results = run_evals(step, final=False)
+                workdir_lib.print_table(f'Evaluation at step {step}', eval_results)
+            if last or step % config.checkpoint_every_steps == 0:
+                if not bool(metrics['finite']):
+                    _raise_non_finite(step, metrics)
+                ckpt.save(step, state, train_iter)
+        final_step = int(jax.device_get(state.step))
+        eval_results = run_evals(final_step, final=True)
+    finally:
+        ckpt.close()
+        writer.close()
 
-  summary = {'step': final_step, **{k: workdir_lib.to_python(v) for k, v in eval_results.items()}}
-  if jax.process_index() == 0:
-    workdir_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
-  workdir_lib.print_table(f'Final evaluation (step {final_step}) -> '
-                          f'{os.path.join(workdir, "summary.json")}', eval_results)
-  return summary
+    summary = {'step': final_step, **{k: workdir_lib.to_python(v) for k, v in eval_results.items()}}
+    if jax.process_index() == 0:
+        workdir_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
+    workdir_lib.print_table(
+        f'Final evaluation (step {final_step}) -> {os.path.join(workdir, "summary.json")}',
+        eval_results,
+    )
+    return summary
 
 
 def _log(msg: str) -> None:
-  logging.info(msg)
-  if jax.process_index() == 0:
-    print(msg, flush=True)
+    logging.info(msg)
+    if jax.process_index() == 0:
+        print(msg, flush=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -434,31 +497,33 @@ def _log(msg: str) -> None:
 
 
 def main(argv=None) -> None:
-  from absl import app, flags
-  from ml_collections import config_flags
+    from absl import app, flags
+    from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file(
-      'config', None, 'Config file, e.g. configs/demo.py or configs/demo.py:arg.',
-      lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, summary).')
-  flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
-  flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
-  flags.DEFINE_integer('process_id', None, 'This process\'s index (multi-process).')
-  flags.mark_flags_as_required(['config', 'workdir'])
+    config_flags.DEFINE_config_file(
+        'config',
+        None,
+        'Config file, e.g. configs/demo.py or configs/demo.py:arg.',
+        lock_config=True,
+    )
+    flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, summary).')
+    flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
+    flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
+    flags.DEFINE_integer('process_id', None, 'This process\'s index (multi-process).')
+    flags.mark_flags_as_required(['config', 'workdir'])
 
-  def run(_):
-    logging.getLogger().setLevel(logging.WARNING)
-    f = flags.FLAGS
-    parallel.maybe_initialize_distributed(f.coordinator_address, f.num_processes,
-                                          f.process_id)
-    try:
-      train_and_evaluate(f.config, f.workdir)
-    except (ValueError, NonFiniteError) as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(1)
+    def run(_):
+        logging.getLogger().setLevel(logging.WARNING)
+        f = flags.FLAGS
+        parallel.maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
+        try:
+            train_and_evaluate(f.config, f.workdir)
+        except (ValueError, NonFiniteError) as e:
+            print(f'error: {e}', file=sys.stderr)
+            sys.exit(1)
 
-  app.run(run, argv=argv)
+    app.run(run, argv=argv)
 
 
 if __name__ == '__main__':
-  main()
+    main()

@@ -21,47 +21,48 @@ so the optax value is 1e-2 / 1e-3 = 10.0 (the same 1% shrink per step at peak; s
 alignjax/optim.py); cosine with 3% warmup, grad clip 1.0, temperature init 10, softmax
 (CLIP) loss.
 """
+
 from alignjax.config import base_config
 
 
 def get_config(arg=None):
-  del arg
-  c = base_config()
-  c.total_steps = 5_000
-  c.batch_size = 512
-  c.log_every_steps = 50
-  c.eval_every_steps = 1_000
-  c.checkpoint_every_steps = 1_000
+    del arg
+    c = base_config()
+    c.total_steps = 5_000
+    c.batch_size = 512
+    c.log_every_steps = 50
+    c.eval_every_steps = 1_000
+    c.checkpoint_every_steps = 1_000
 
-  c.data.train = 'tfds:coco_captions'
-  c.data.image_size = 224
-  c.data.normalize = 'minus_one_one'
-  c.data.num_workers = 8
+    c.data.train = 'tfds:coco_captions'
+    c.data.image_size = 224
+    c.data.normalize = 'minus_one_one'
+    c.data.num_workers = 8
 
-  c.tokenizer.name = 'word_hash'
-  c.tokenizer.vocab_size = 32_000
-  c.tokenizer.context_length = 16
-  c.tokenizer.pad = 'eos'
+    c.tokenizer.name = 'word_hash'
+    c.tokenizer.vocab_size = 32_000
+    c.tokenizer.context_length = 16
+    c.tokenizer.pad = 'eos'
 
-  m = c.model
-  m.embed_dim = 768
-  m.logit_scale_init = 10.0
-  m.logit_bias_init = None
-  m.image.variant = 'B/16'
-  m.image.pool = 'tok'
-  m.image.head = False
-  m.text.variant = 'B'
-  m.text.vocab_size = 32_000
-  m.text.context_length = 16
-  m.text.convention = 'big_vision'
-  m.text.head = True
+    m = c.model
+    m.embed_dim = 768
+    m.logit_scale_init = 10.0
+    m.logit_bias_init = None
+    m.image.variant = 'B/16'
+    m.image.pool = 'tok'
+    m.image.head = False
+    m.text.variant = 'B'
+    m.text.vocab_size = 32_000
+    m.text.context_length = 16
+    m.text.convention = 'big_vision'
+    m.text.head = True
 
-  c.loss.name = 'clip'
-  c.optim.lr = 1e-3
-  c.optim.weight_decay = 10.0  # = big_vision wd 1e-2 / lr 1e-3.
-  c.optim.schedule = 'warmup_cosine'
-  c.optim.warmup_steps = 150
-  c.optim.grad_clip_norm = 1.0
-  c.optim.freeze = ('img/.*',)
-  c.optim.clamp_logit_scale = False
-  return c
+    c.loss.name = 'clip'
+    c.optim.lr = 1e-3
+    c.optim.weight_decay = 10.0  # = big_vision wd 1e-2 / lr 1e-3.
+    c.optim.schedule = 'warmup_cosine'
+    c.optim.warmup_steps = 150
+    c.optim.grad_clip_norm = 1.0
+    c.optim.freeze = ('img/.*',)
+    c.optim.clamp_logit_scale = False
+    return c

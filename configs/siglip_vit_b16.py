@@ -18,52 +18,53 @@ alignjax/optim.py), b2 0.95, 20k warmup steps then cosine; logit scale init 10 a
 -10, no clamp. The loss is the ring (ppermute) implementation, so the loss's memory per
 device is one b x b block.
 """
+
 from alignjax.config import base_config
 
 
 def get_config(arg=None):
-  del arg
-  c = base_config()
-  c.total_steps = 275_000
-  c.batch_size = 32_768
-  c.log_every_steps = 100
-  c.eval_every_steps = 10_000
-  c.checkpoint_every_steps = 2_000
-  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    del arg
+    c = base_config()
+    c.total_steps = 275_000
+    c.batch_size = 32_768
+    c.log_every_steps = 100
+    c.eval_every_steps = 10_000
+    c.checkpoint_every_steps = 2_000
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
 
-  c.data.train = 'wds:gs://BUCKET/datacomp1b/{00000000..00139999}.tar'
-  c.data.image_size = 224
-  c.data.normalize = 'minus_one_one'
-  c.data.num_workers = 16
+    c.data.train = 'wds:gs://BUCKET/datacomp1b/{00000000..00139999}.tar'
+    c.data.image_size = 224
+    c.data.normalize = 'minus_one_one'
+    c.data.num_workers = 16
 
-  c.tokenizer.name = 'word_hash'
-  c.tokenizer.vocab_size = 32_000
-  c.tokenizer.context_length = 64
-  c.tokenizer.pad = 'eos'
+    c.tokenizer.name = 'word_hash'
+    c.tokenizer.vocab_size = 32_000
+    c.tokenizer.context_length = 64
+    c.tokenizer.pad = 'eos'
 
-  m = c.model
-  m.embed_dim = 768
-  m.logit_scale_init = 10.0
-  m.logit_bias_init = -10.0
-  m.dtype = 'bfloat16'
-  m.image.variant = 'B/16'
-  m.image.pool = 'map'
-  m.image.posemb = 'learn'
-  m.image.head = False
-  m.text.variant = 'B'
-  m.text.vocab_size = 32_000
-  m.text.context_length = 64
-  m.text.convention = 'big_vision'
-  m.text.head = True
-  m.text.head_bias = True
+    m = c.model
+    m.embed_dim = 768
+    m.logit_scale_init = 10.0
+    m.logit_bias_init = -10.0
+    m.dtype = 'bfloat16'
+    m.image.variant = 'B/16'
+    m.image.pool = 'map'
+    m.image.posemb = 'learn'
+    m.image.head = False
+    m.text.variant = 'B'
+    m.text.vocab_size = 32_000
+    m.text.context_length = 64
+    m.text.convention = 'big_vision'
+    m.text.head = True
+    m.text.head_bias = True
 
-  c.loss.name = 'siglip'
-  c.loss.impl = 'ring'
-  c.optim.lr = 1e-3
-  c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.95, 1e-8
-  c.optim.weight_decay = 0.1
-  c.optim.schedule = 'warmup_cosine'
-  c.optim.warmup_steps = 20_000
-  c.optim.grad_clip_norm = 1.0
-  c.optim.clamp_logit_scale = False
-  return c
+    c.loss.name = 'siglip'
+    c.loss.impl = 'ring'
+    c.optim.lr = 1e-3
+    c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.95, 1e-8
+    c.optim.weight_decay = 0.1
+    c.optim.schedule = 'warmup_cosine'
+    c.optim.warmup_steps = 20_000
+    c.optim.grad_clip_norm = 1.0
+    c.optim.clamp_logit_scale = False
+    return c

@@ -3,6 +3,7 @@
 Sharding tests run on these 8 devices so that mesh and partitioning bugs show up on
 a laptop (DESIGN.md, "Sharded from day one").
 """
+
 import os
 
 os.environ["XLA_FLAGS"] = (

@@ -1,41 +1,52 @@
 """Config validation: every trainer field exists; misspellings name the valid field."""
+
 import pytest
 
 from alignjax import config as config_lib
 
-REQUIRED = ('total_steps', 'batch_size', 'seed', 'log_every_steps', 'eval_every_steps',
-            'checkpoint_every_steps', 'model', 'loss', 'optim', 'mesh')
+REQUIRED = (
+    'total_steps',
+    'batch_size',
+    'seed',
+    'log_every_steps',
+    'eval_every_steps',
+    'checkpoint_every_steps',
+    'model',
+    'loss',
+    'optim',
+    'mesh',
+)
 
 
 def test_base_config_has_required_fields():
-  c = config_lib.base_config()
-  for name in REQUIRED:
-    assert name in c
-  assert 'train' in c.data
+    c = config_lib.base_config()
+    for name in REQUIRED:
+        assert name in c
+    assert 'train' in c.data
 
 
 def test_unknown_top_level_field_suggests_closest():
-  c = config_lib.base_config()
-  c.totl_steps = 3
-  with pytest.raises(ValueError, match=r"config\.totl_steps.*did you mean 'total_steps'"):
-    config_lib.resolve(c)
+    c = config_lib.base_config()
+    c.totl_steps = 3
+    with pytest.raises(ValueError, match=r"config\.totl_steps.*did you mean 'total_steps'"):
+        config_lib.resolve(c)
 
 
 def test_unknown_nested_field_suggests_closest():
-  c = config_lib.base_config()
-  c.optim.learning_rate = 3e-4
-  with pytest.raises(ValueError, match=r"config\.optim\.learning_rate"):
-    config_lib.resolve(c)
+    c = config_lib.base_config()
+    c.optim.learning_rate = 3e-4
+    with pytest.raises(ValueError, match=r"config\.optim\.learning_rate"):
+        config_lib.resolve(c)
 
 
 def test_batch_not_divisible_by_micro_batches():
-  c = config_lib.base_config()
-  c.batch_size, c.grad_accum_steps = 10, 4
-  with pytest.raises(ValueError, match='batch_size=10.*grad_accum_steps=4'):
-    config_lib.resolve(c)
+    c = config_lib.base_config()
+    c.batch_size, c.grad_accum_steps = 10, 4
+    with pytest.raises(ValueError, match='batch_size=10.*grad_accum_steps=4'):
+        config_lib.resolve(c)
 
 
 def test_resolved_config_is_locked():
-  c = config_lib.resolve(config_lib.base_config())
-  with pytest.raises(AttributeError):
-    c.new_field = 1
+    c = config_lib.resolve(config_lib.base_config())
+    with pytest.raises(AttributeError):
+        c.new_field = 1

@@ -14,7 +14,9 @@ from alignjax.data import synthetic
 
 # Read inside grain workers by _FlagReadingTokenizer: without the pipeline's worker set-up,
 # spawned workers raise absl's UnparsedFlagAccessError.
-_TEST_FLAG = flags.DEFINE_integer("alignjax_test_data_flag", 7, "Test-only flag read in grain workers.")
+_TEST_FLAG = flags.DEFINE_integer(
+    "alignjax_test_data_flag", 7, "Test-only flag read in grain workers."
+)
 
 IMG = 16  # pipeline tests use tiny images
 
@@ -105,7 +107,9 @@ def test_all_classes_occur_and_captions_mention_attributes():
             "color": synthetic._COLOR_WORDS,
             "size": synthetic._SIZE_WORDS,
             "position": synthetic._POSITION_WORDS,
-            "shape": {s: [w for pair in ws for w in pair] for s, ws in synthetic._SHAPE_WORDS.items()},
+            "shape": {
+                s: [w for pair in ws for w in pair] for s, ws in synthetic._SHAPE_WORDS.items()
+            },
         }
         for attr, table in words.items():
             right = _mentions(cap, table[lab[attr]])
@@ -188,14 +192,23 @@ def test_get_source():
 
 def test_transforms():
     img = np.array([[[0, 128, 255]]], np.uint8)
-    np.testing.assert_allclose(data.normalize_image(img, "minus_one_one"), [[[-1, 1 / 255, 1]]], atol=1e-6)
+    np.testing.assert_allclose(
+        data.normalize_image(img, "minus_one_one"), [[[-1, 1 / 255, 1]]], atol=1e-6
+    )
     clip = data.normalize_image(img, "clip")
-    np.testing.assert_allclose(clip[0, 0, 0], -data.OPENAI_CLIP_MEAN[0] / data.OPENAI_CLIP_STD[0], rtol=1e-5)
+    np.testing.assert_allclose(
+        clip[0, 0, 0], -data.OPENAI_CLIP_MEAN[0] / data.OPENAI_CLIP_STD[0], rtol=1e-5
+    )
     with pytest.raises(ValueError, match="valid"):
         data.NormalizeImage("imagenet")
     ex = {"image": img, "caption": "a red star", "labels": {"shape": 3}, "index": np.int32(4)}
     tok = data.WordHashTokenizer(context_length=8)
-    chain = [data.TokenizeText(tok), data.NormalizeImage("clip"), data.FlattenLabels(), data.KeepArrays()]
+    chain = [
+        data.TokenizeText(tok),
+        data.NormalizeImage("clip"),
+        data.FlattenLabels(),
+        data.KeepArrays(),
+    ]
     chain = pickle.loads(pickle.dumps(chain))  # spawn-safe
     for t in chain:
         ex = t.map(ex)
@@ -335,7 +348,9 @@ def test_eval_batches_padding_and_processes(tok):
         assert b["image"].shape == (16, IMG, IMG, 3) and b["image"].dtype == np.float32
         assert b["tokens"].shape == (16, 16) and b["mask"].dtype == bool
         assert {f"label_{a}" for a in data.ATTRIBUTES} <= set(b)
-    np.testing.assert_array_equal(np.concatenate([b["index"][b["mask"]] for b in out]), np.arange(50))
+    np.testing.assert_array_equal(
+        np.concatenate([b["index"][b["mask"]] for b in out]), np.arange(50)
+    )
     last = out[-1]
     assert (last["image"][2:] == 0).all() and (last["tokens"][2:] == 0).all()
     assert last["label_shape"][0] == src[48]["labels"]["shape"]

@@ -3,6 +3,7 @@
 Runs on the 8 forced CPU devices of conftest.py; the ring and sharded-gradient tests build
 meshes over subsets of them.
 """
+
 import math
 
 import flax
@@ -14,8 +15,14 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from alignjax import losses
-from alignjax.losses import (build, clip_loss, default_loss_config, info_nce, siglip_loss,
-                             siglip_loss_ring)
+from alignjax.losses import (
+    build,
+    clip_loss,
+    default_loss_config,
+    info_nce,
+    siglip_loss,
+    siglip_loss_ring,
+)
 from alignjax.losses import ring as ring_lib
 
 AXES = ("data", "fsdp", "tensor")
@@ -109,8 +116,12 @@ def test_info_nce_matches_numpy_with_soft_targets():
 def test_info_nce_hard_targets_is_cross_entropy():
     logits = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
     targets = jax.nn.one_hot(jnp.array([0, 2]), 3)
-    want = -np.mean([_np_log_softmax(np.asarray(logits, np.float64), 1)[0, 0],
-                     _np_log_softmax(np.asarray(logits, np.float64), 1)[1, 2]])
+    want = -np.mean(
+        [
+            _np_log_softmax(np.asarray(logits, np.float64), 1)[0, 0],
+            _np_log_softmax(np.asarray(logits, np.float64), 1)[1, 2],
+        ]
+    )
     np.testing.assert_allclose(info_nce(logits, targets), want, rtol=1e-6)
 
 
@@ -144,8 +155,7 @@ def test_clip_swap_and_joint_permutation_invariant():
 
 def test_clip_identity_two_by_two():
     eye = jnp.eye(2)
-    np.testing.assert_allclose(clip_loss(eye, eye, 1.0), math.log1p(math.exp(-1.0)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(clip_loss(eye, eye, 1.0), math.log1p(math.exp(-1.0)), rtol=1e-6)
     np.testing.assert_allclose(clip_loss(eye, eye, 1.0), 0.3133, atol=1e-4)
 
 
@@ -166,9 +176,9 @@ def test_clip_matches_numpy_and_info_nce():
     np.testing.assert_allclose(clip_loss(x, y, t), _np_clip(x, y, t), rtol=1e-5)
     logits = t * x @ y.T
     eye = jnp.eye(10)
-    np.testing.assert_allclose(clip_loss(x, y, t),
-                               0.5 * (info_nce(logits, eye) + info_nce(logits.T, eye)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        clip_loss(x, y, t), 0.5 * (info_nce(logits, eye) + info_nce(logits.T, eye)), rtol=1e-5
+    )
 
 
 def test_clip_computes_in_float32_and_accepts_shape_one_scale():
@@ -214,19 +224,33 @@ def test_siglip_symmetric_under_swap():
 
 def test_siglip_matches_numpy():
     x, y = _pair(9, 8, 6)
-    np.testing.assert_allclose(siglip_loss(x, y, jnp.array([10.0]), jnp.array([-10.0])),
-                               _np_siglip(x, y, 10.0, -10.0), rtol=1e-5)
-    np.testing.assert_allclose(siglip_loss(x, y, 3.0, 1.5), _np_siglip(x, y, 3.0, 1.5),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        siglip_loss(x, y, jnp.array([10.0]), jnp.array([-10.0])),
+        _np_siglip(x, y, 10.0, -10.0),
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(siglip_loss(x, y, 3.0, 1.5), _np_siglip(x, y, 3.0, 1.5), rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------
 # SigLIP ring == dense, values and gradients, on 1, 2, 4 and 8 devices.
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape, explicit", [
-    ((1, 1, 1), False), ((1, 2, 1), False), ((2, 2, 1), False), ((4, 1, 1), False),
-    ((2, 4, 1), False), ((8, 1, 1), False), ((2, 2, 2), False), ((1, 4, 2), False),
-    ((2, 4, 1), True), ((1, 4, 2), True)], ids=lambda v: _param_id(v))
+@pytest.mark.parametrize(
+    "shape, explicit",
+    [
+        ((1, 1, 1), False),
+        ((1, 2, 1), False),
+        ((2, 2, 1), False),
+        ((4, 1, 1), False),
+        ((2, 4, 1), False),
+        ((8, 1, 1), False),
+        ((2, 2, 2), False),
+        ((1, 4, 2), False),
+        ((2, 4, 1), True),
+        ((1, 4, 2), True),
+    ],
+    ids=lambda v: _param_id(v),
+)
 def test_ring_equals_dense_value_and_grad(shape, explicit):
     mesh = _mesh(shape, explicit)
     x, y = _pair(10, 16, 8)
@@ -234,17 +258,18 @@ def test_ring_equals_dense_value_and_grad(shape, explicit):
     args = (0, 1, 2, 3)
     want_v, want_g = jax.value_and_grad(siglip_loss, argnums=args)(x, y, t, b)
     sh = NamedSharding(mesh, BATCH)
-    ring = jax.jit(jax.value_and_grad(
-        lambda *a: siglip_loss_ring(*a, mesh=mesh), argnums=args))
+    ring = jax.jit(jax.value_and_grad(lambda *a: siglip_loss_ring(*a, mesh=mesh), argnums=args))
     val, grads = ring(jax.device_put(x, sh), jax.device_put(y, sh), t, b)
     np.testing.assert_allclose(val, want_v, rtol=1e-6, atol=1e-6)
     for g, w in zip(grads, want_g):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("shape, explicit", [((1, 1, 1), False), ((2, 4, 1), False),
-                                             ((1, 4, 2), False), ((2, 4, 1), True)],
-                         ids=lambda v: _param_id(v))
+@pytest.mark.parametrize(
+    "shape, explicit",
+    [((1, 1, 1), False), ((2, 4, 1), False), ((1, 4, 2), False), ((2, 4, 1), True)],
+    ids=lambda v: _param_id(v),
+)
 def test_ring_accuracy_equals_dense_accuracy(shape, explicit):
     mesh = _mesh(shape, explicit)
     x, y = _pair(11, 16, 8, noise=0.8)
@@ -252,8 +277,7 @@ def test_ring_accuracy_equals_dense_accuracy(shape, explicit):
     y = y.at[3].set(x[12]).at[9].set(x[0])
     dense = build({"name": "siglip"})(_Out(x, y, jnp.float32(10.0), jnp.float32(-10.0)))
     sh = NamedSharding(mesh, BATCH)
-    out = _Out(jax.device_put(x, sh), jax.device_put(y, sh), jnp.float32(10.0),
-               jnp.float32(-10.0))
+    out = _Out(jax.device_put(x, sh), jax.device_put(y, sh), jnp.float32(10.0), jnp.float32(-10.0))
     ring = jax.jit(build({"name": "siglip", "impl": "ring"}, mesh=mesh))(out)
     sharded_dense = jax.jit(build({"name": "siglip"}))(out)
     assert 0.0 < float(dense[1]["i2t_acc"]) < 1.0
@@ -269,8 +293,7 @@ def test_ring_bf16_inputs_and_batch_axes_subset():
     x, y = _pair(12, 16, 8)
     xb, yb = x.astype(jnp.bfloat16), y.astype(jnp.bfloat16)
     sh = NamedSharding(mesh, P("fsdp", None))
-    ring = jax.jit(lambda a, c: siglip_loss_ring(a, c, 4.0, -1.0, mesh=mesh,
-                                                 batch_axes="fsdp"))
+    ring = jax.jit(lambda a, c: siglip_loss_ring(a, c, 4.0, -1.0, mesh=mesh, batch_axes="fsdp"))
     val = ring(jax.device_put(xb, sh), jax.device_put(yb, sh))
     assert val.dtype == jnp.float32
     np.testing.assert_allclose(val, siglip_loss(xb, yb, 4.0, -1.0), rtol=1e-6)
@@ -280,7 +303,7 @@ def test_ring_bf16_inputs_and_batch_axes_subset():
 def test_ring_reshards_inputs_with_another_layout(explicit):
     mesh = _mesh((2, 4, 1), explicit)
     x, y = _pair(18, 16, 8)
-    other = NamedSharding(mesh, P("data", None))          # not the ring's ('data', 'fsdp')
+    other = NamedSharding(mesh, P("data", None))  # not the ring's ('data', 'fsdp')
     ring = jax.jit(lambda a, c: siglip_loss_ring(a, c, 4.0, -1.0, mesh=mesh))
     val = ring(jax.device_put(x, other), jax.device_put(y, NamedSharding(mesh, P())))
     np.testing.assert_allclose(val, siglip_loss(x, y, 4.0, -1.0), rtol=1e-6)
@@ -305,9 +328,12 @@ def test_sharded_parameter_gradient_equals_single_device(name, explicit):
     bsz, din, dim = 32, 12, 6
     img = jax.random.normal(k[0], (bsz, din))
     txt = jax.random.normal(k[1], (bsz, din))
-    params = {"wi": jax.random.normal(k[2], (din, dim)) / 3,
-              "wt": jax.random.normal(k[3], (din, dim)) / 3,
-              "t": jnp.float32(math.log(10.0)), "b": jnp.float32(-2.0)}
+    params = {
+        "wi": jax.random.normal(k[2], (din, dim)) / 3,
+        "wt": jax.random.normal(k[3], (din, dim)) / 3,
+        "t": jnp.float32(math.log(10.0)),
+        "b": jnp.float32(-2.0),
+    }
 
     def loss(p, img, txt):
         zi, zt = _unit(img @ p["wi"]), _unit(txt @ p["wt"])
@@ -317,8 +343,9 @@ def test_sharded_parameter_gradient_equals_single_device(name, explicit):
 
     grad_fn = jax.jit(jax.value_and_grad(loss))
     dev0 = jax.devices()[0]
-    want_v, want_g = grad_fn(jax.device_put(params, dev0), jax.device_put(img, dev0),
-                             jax.device_put(txt, dev0))
+    want_v, want_g = grad_fn(
+        jax.device_put(params, dev0), jax.device_put(img, dev0), jax.device_put(txt, dev0)
+    )
     mesh = _mesh((2, 4, 1), explicit)
     sh = NamedSharding(mesh, BATCH)
     rep = NamedSharding(mesh, P())
@@ -327,8 +354,7 @@ def test_sharded_parameter_gradient_equals_single_device(name, explicit):
     val, grads = grad_fn(jax.device_put(params, rep), simg, stxt)
     np.testing.assert_allclose(val, want_v, rtol=1e-5)
     for key in params:
-        np.testing.assert_allclose(grads[key], want_g[key], rtol=1e-5, atol=1e-6,
-                                   err_msg=key)
+        np.testing.assert_allclose(grads[key], want_g[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 # ---------------------------------------------------------------------------------------
@@ -351,7 +377,7 @@ def test_ring_compiled_memory_below_dense():
     grad = lambda f: jax.value_and_grad(f, argnums=(0, 1, 2, 3))
     dense_fwd, ring_fwd = temp(siglip_loss), temp(ring)
     dense_bwd, ring_bwd = temp(grad(siglip_loss)), temp(grad(ring))
-    block = (bsz // 8) ** 2 * 4                       # one local b×b float32 block
+    block = (bsz // 8) ** 2 * 4  # one local b×b float32 block
     assert ring_fwd < dense_fwd, (ring_fwd, dense_fwd)
     assert ring_bwd < dense_bwd, (ring_bwd, dense_bwd)
     # Dense holds at least a b×B slab (8 blocks); the ring one block (+ text chunks). The
@@ -388,23 +414,30 @@ def test_build_ring_matches_dense_gradient():
     mesh = _mesh((2, 4, 1))
     x, y = _pair(16, 16, 8)
     sh = NamedSharding(mesh, BATCH)
-    out = _Out(jax.device_put(x, sh), jax.device_put(y, sh), jnp.float32(10.0),
-               jnp.float32(-5.0))
-    g_ring = jax.jit(jax.grad(lambda o: build({"name": "siglip", "impl": "ring"},
-                                              mesh=mesh)(o)[0]))(out)
+    out = _Out(jax.device_put(x, sh), jax.device_put(y, sh), jnp.float32(10.0), jnp.float32(-5.0))
+    g_ring = jax.jit(
+        jax.grad(lambda o: build({"name": "siglip", "impl": "ring"}, mesh=mesh)(o)[0])
+    )(out)
     g_dense = jax.grad(lambda o: build({"name": "siglip"})(o)[0])(
-        _Out(x, y, jnp.float32(10.0), jnp.float32(-5.0)))
+        _Out(x, y, jnp.float32(10.0), jnp.float32(-5.0))
+    )
     for a, c in zip(jax.tree.leaves(g_ring), jax.tree.leaves(g_dense)):
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cfg, match", [
-    ({"name": "softmax"}, r"valid names are \['clip', 'siglip'\]"),
-    ({"name": "siglip", "impl": "chunked"}, r"valid impls are \['dense', 'ring'\]"),
-    ({"name": "clip", "temperature": 1.0}, r"valid fields are \['name', 'impl', 'batch_axes'\]"),
-    ({"name": "clip", "impl": "ring"}, "only implemented for name='siglip'"),
-    ({"name": "siglip", "impl": "ring"}, "needs the device mesh"),
-])
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        ({"name": "softmax"}, r"valid names are \['clip', 'siglip'\]"),
+        ({"name": "siglip", "impl": "chunked"}, r"valid impls are \['dense', 'ring'\]"),
+        (
+            {"name": "clip", "temperature": 1.0},
+            r"valid fields are \['name', 'impl', 'batch_axes'\]",
+        ),
+        ({"name": "clip", "impl": "ring"}, "only implemented for name='siglip'"),
+        ({"name": "siglip", "impl": "ring"}, "needs the device mesh"),
+    ],
+)
 def test_build_rejects_invalid_configs(cfg, match):
     with pytest.raises(ValueError, match=match):
         build(cfg)
@@ -412,15 +445,20 @@ def test_build_rejects_invalid_configs(cfg, match):
 
 def test_build_ring_rejects_unknown_batch_axis_and_siglip_needs_bias():
     with pytest.raises(ValueError, match="mesh has axes"):
-        build({"name": "siglip", "impl": "ring", "batch_axes": ("batch",)},
-              mesh=_mesh((2, 4, 1)))
+        build({"name": "siglip", "impl": "ring", "batch_axes": ("batch",)}, mesh=_mesh((2, 4, 1)))
     x, y = _pair(17, 4, 4)
     with pytest.raises(ValueError, match="logit_bias"):
         build({"name": "siglip"})(_Out(x, y, jnp.float32(1.0)))
 
 
 def test_public_api():
-    for name in ("info_nce", "clip_loss", "siglip_loss", "siglip_loss_ring", "build",
-                 "default_loss_config"):
+    for name in (
+        "info_nce",
+        "clip_loss",
+        "siglip_loss",
+        "siglip_loss_ring",
+        "build",
+        "default_loss_config",
+    ):
         assert name in losses.__all__ and callable(getattr(losses, name))
     assert ring_lib.siglip_loss_ring is siglip_loss_ring

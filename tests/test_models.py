@@ -3,6 +3,7 @@
 All models are tiny (width 32, depth <= 2, 16 px images) so the file runs in well under a
 minute on 2 CPU cores.
 """
+
 import re
 
 import flax.linen as nn
@@ -36,13 +37,13 @@ def images(b=2, seed=0):
 
 
 # EOT is the largest id (63) at positions 3 and 5; zeros are padding.
-TOKENS = jnp.array([[1, 5, 7, 63, 0, 0, 0, 0],
-                    [1, 9, 4, 2, 8, 63, 0, 0]], jnp.int32)
+TOKENS = jnp.array([[1, 5, 7, 63, 0, 0, 0, 0], [1, 9, 4, 2, 8, 63, 0, 0]], jnp.int32)
 
 
 def init(model, imgs=None, toks=None):
-    return model.init(jax.random.PRNGKey(1), images() if imgs is None else imgs,
-                               TOKENS if toks is None else toks)
+    return model.init(
+        jax.random.PRNGKey(1), images() if imgs is None else imgs, TOKENS if toks is None else toks
+    )
 
 
 def unboxed(variables):
@@ -60,8 +61,16 @@ def clip_model():
 
 @pytest.mark.parametrize("pool,posemb", [("tok", "learn"), ("gap", "sincos2d"), ("map", "learn")])
 def test_vit_shapes_per_pool(pool, posemb):
-    vit = models.ViT(width=W, depth=1, mlp_dim=64, num_heads=2, patch_size=8, pool=pool,
-                     posemb=posemb, pre_norm=True)
+    vit = models.ViT(
+        width=W,
+        depth=1,
+        mlp_dim=64,
+        num_heads=2,
+        patch_size=8,
+        pool=pool,
+        posemb=posemb,
+        pre_norm=True,
+    )
     x = images(3)
     v = vit.init(jax.random.PRNGKey(0), x)
     pooled, tokens = vit.apply(v, x)
@@ -80,8 +89,16 @@ def test_vit_shapes_per_pool(pool, posemb):
 
 
 def test_vit_head_out_dim_and_no_bias():
-    vit = models.ViT(width=W, depth=1, mlp_dim=64, num_heads=2, patch_size=8, pool="gap",
-                     out_dim=16, head_bias=False)
+    vit = models.ViT(
+        width=W,
+        depth=1,
+        mlp_dim=64,
+        num_heads=2,
+        patch_size=8,
+        pool="gap",
+        out_dim=16,
+        head_bias=False,
+    )
     v = vit.init(jax.random.PRNGKey(0), images())
     pooled, tokens = vit.apply(v, images())
     assert pooled.shape == (2, 16) and tokens.shape == (2, 4, 16)
@@ -102,8 +119,16 @@ def test_sincos2d_posemb_values():
 
 
 def text_tower(convention, **kw):
-    return models.TextTransformer(width=W, depth=2, mlp_dim=64, num_heads=2, vocab_size=64,
-                                  context_length=8, convention=convention, **kw)
+    return models.TextTransformer(
+        width=W,
+        depth=2,
+        mlp_dim=64,
+        num_heads=2,
+        vocab_size=64,
+        context_length=8,
+        convention=convention,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("convention", ["clip", "big_vision"])
@@ -135,9 +160,9 @@ def test_clip_convention_ignores_tokens_after_eot(clip_model):
     model, v = clip_model
     enc = jax.jit(lambda t: model.apply(v, t, method=model.encode_text))
     base = enc(TOKENS)
-    after = TOKENS.at[0, 6].set(17).at[1, 7].set(33)   # after EOT: causal + EOT pooling
+    after = TOKENS.at[0, 6].set(17).at[1, 7].set(33)  # after EOT: causal + EOT pooling
     np.testing.assert_allclose(enc(after), base, atol=1e-6)
-    before = TOKENS.at[0, 1].set(17)                   # before EOT: must matter
+    before = TOKENS.at[0, 1].set(17)  # before EOT: must matter
     assert not np.allclose(enc(before)[0], base[0], atol=1e-4)
     np.testing.assert_allclose(enc(before)[1], base[1], atol=1e-6)
 
@@ -175,10 +200,12 @@ def test_two_tower_outputs(clip_model):
     assert out.img_tokens is None and out.txt_tokens is None and out.txt_mask is None
     assert "logit_bias" not in v["params"]
     # encode_* methods agree with __call__
-    np.testing.assert_allclose(model.apply(v, images(), method=model.encode_image), out.zimg,
-                               atol=1e-6)
-    np.testing.assert_allclose(model.apply(v, TOKENS, method=model.encode_text), out.ztxt,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        model.apply(v, images(), method=model.encode_image), out.zimg, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        model.apply(v, TOKENS, method=model.encode_text), out.ztxt, atol=1e-6
+    )
 
 
 def test_two_tower_return_tokens_and_missing_inputs(clip_model):
@@ -197,9 +224,14 @@ def test_two_tower_return_tokens_and_missing_inputs(clip_model):
 
 
 def test_logit_bias_only_when_configured():
-    model = models.build(tiny_config(logit_scale_init=10.0, logit_bias_init=-10.0,
-                                     image=dict(pool="map", posemb="sincos2d", head=False),
-                                     text=dict(convention="big_vision", head_bias=True)))
+    model = models.build(
+        tiny_config(
+            logit_scale_init=10.0,
+            logit_bias_init=-10.0,
+            image=dict(pool="map", posemb="sincos2d", head=False),
+            text=dict(convention="big_vision", head_bias=True),
+        )
+    )
     v = init(model)
     p = v["params"]
     assert "logit_bias" in p and "head" not in p["img"] and "bias" in p["txt"]["head"]
@@ -266,7 +298,8 @@ def test_remat_same_values_and_grads(scan):
 
         def f(params):
             pooled, tokens, _ = t.apply({"params": params}, TOKENS)
-            return jnp.sum(pooled ** 2) + jnp.sum(jnp.sin(tokens))
+            return jnp.sum(pooled**2) + jnp.sum(jnp.sin(tokens))
+
         return t, jax.jit(jax.value_and_grad(f))
 
     t, f0 = value_and_grad(None)
@@ -304,13 +337,13 @@ def test_bf16_compute_fp32_params(clip_model):
 
 def _boxed_leaves(variables):
     return jax.tree_util.tree_flatten_with_path(
-        variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
+        variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    )[0]
 
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_every_param_logically_partitioned(scan):
-    model = models.build(tiny_config(scan=scan, logit_bias_init=-10.0,
-                                     image=dict(pool="map")))
+    model = models.build(tiny_config(scan=scan, logit_bias_init=-10.0, image=dict(pool="map")))
     variables = jax.eval_shape(lambda: init(model))
     leaves = _boxed_leaves(variables)
     assert leaves
@@ -325,18 +358,24 @@ def test_every_param_logically_partitioned(scan):
 
 def test_sharded_init_and_apply_on_mesh():
     """Partition specs from the logical names: what a trainer does (8 forced CPU devices)."""
-    mesh = jax.make_mesh((4, 2), ("data", "model"),
-                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    rules = (("batch", "data"), ("length", None), ("embed", None), ("mlp", "model"),
-             ("heads", "model"), ("kv", None), ("vocab", "model"), ("joint", None),
-             ("layers", None))
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    rules = (
+        ("batch", "data"),
+        ("length", None),
+        ("embed", None),
+        ("mlp", "model"),
+        ("heads", "model"),
+        ("kv", None),
+        ("vocab", "model"),
+        ("joint", None),
+        ("layers", None),
+    )
     model = models.build(tiny_config(scan=True))
     batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     x, t = jax.device_put((images(8), jnp.tile(TOKENS, (4, 1))), batch)
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t))
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
-    variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), x, t),
-                        out_shardings=shardings)()
+    variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), x, t), out_shardings=shardings)()
     fc1 = variables["params"]["img"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"].value
     assert fc1.sharding.spec == jax.sharding.PartitionSpec(None, None, "model")
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -350,12 +389,13 @@ def test_sharded_init_and_apply_on_mesh():
 
 
 def test_parse_vit_variant():
-    assert models.parse_vit_variant("B/16") == dict(width=768, depth=12, mlp_dim=3072,
-                                                    num_heads=12, patch_size=16)
-    assert models.parse_vit_variant("So400m/14") == dict(width=1152, depth=27, mlp_dim=4304,
-                                                         num_heads=16, patch_size=14)
-    assert models.parse_vit_variant("L") == dict(width=1024, depth=24, mlp_dim=4096,
-                                                 num_heads=16)
+    assert models.parse_vit_variant("B/16") == dict(
+        width=768, depth=12, mlp_dim=3072, num_heads=12, patch_size=16
+    )
+    assert models.parse_vit_variant("So400m/14") == dict(
+        width=1152, depth=27, mlp_dim=4304, num_heads=16, patch_size=14
+    )
+    assert models.parse_vit_variant("L") == dict(width=1024, depth=24, mlp_dim=4096, num_heads=16)
     assert models.parse_vit_variant("mu/8")["width"] == 32
     with pytest.raises(ValueError, match=r"'So400m'.*Valid sizes: mu, Ti, S"):
         models.parse_vit_variant("so400m/14")
@@ -366,8 +406,11 @@ def test_parse_vit_variant():
 def test_build_variants_and_conflicts():
     m = models.build(dict(image=dict(variant="mu/8"), text=dict(variant="mu", vocab_size=64)))
     assert m.image["width"] == 32 and m.image["patch_size"] == 8 and m.text["depth"] == 1
-    with pytest.raises(ValueError, match=r"image.variant='B/16' already sets width=768.*"
-                                         r"image.width=64"):
+    with pytest.raises(
+        ValueError,
+        match=r"image.variant='B/16' already sets width=768.*"
+        r"image.width=64",
+    ):
         models.build(dict(image=dict(variant="B/16", width=64)))
     cfg = models.default_model_config()
     cfg.image.width = 64  # full config with the default variant: conflict is explained
@@ -388,6 +431,11 @@ def test_unknown_config_field_names_closest():
         models.build(dict(remat="nothing"))
     with pytest.raises(ValueError, match="convention"):
         models.build(dict(text=dict(convention="bert")))
+    with pytest.raises(ValueError, match="attention_impl"):
+        models.build(dict(attention_impl="flash"))
+    with pytest.raises(ValueError, match="cudnn.*bfloat16"):
+        models.build(dict(attention_impl="cudnn"))
+    models.build(dict(attention_impl="cudnn", dtype="bfloat16"))  # accepted (runs on GPU)
 
 
 def test_default_config_builds_and_is_complete():
@@ -397,8 +445,10 @@ def test_default_config_builds_and_is_complete():
     assert set(cfg.image) >= {"variant", "posemb", "pool", "pre_norm", "head", "head_bias"}
     assert set(cfg.text) >= {"convention", "pad_id", "context_length", "vocab_size"}
     # the default B/16 model shapes, without allocating it
-    shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0),
-                                           jnp.zeros((1, 224, 224, 3)),
-                                           jnp.zeros((1, 77), jnp.int32)))
+    shapes = jax.eval_shape(
+        lambda: m.init(
+            jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), jnp.zeros((1, 77), jnp.int32)
+        )
+    )
     n = sum(x.size for x in jax.tree.leaves(unboxed(shapes)))
     assert 149e6 < n < 150e6, n  # OpenAI CLIP ViT-B/16 has 149.6M parameters

@@ -173,7 +173,9 @@ def test_sentencepiece_round_trip_and_native_eos(spm_model):
 
 def test_sentencepiece_append_eos_sticky_pad_truncation(spm_model):
     path, captions = spm_model
-    tok = tk.SentencePieceTokenizer(path, context_length=8, add_bos=True, pad="eos", eos_mode="append")
+    tok = tk.SentencePieceTokenizer(
+        path, context_length=8, add_bos=True, pad="eos", eos_mode="append"
+    )
     assert tok.vocab_size == 97 and tok.eos_id == 96 and tok.eos_is_max_id
     assert tok.last_token_is_eos and tok.bos_id == 1
     out = tok(captions[:20] + [""])

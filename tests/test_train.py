@@ -1,5 +1,6 @@
 """The trainer: mesh equivalence, multi-process, exact gradient accumulation, resume,
 freezing, NaN handling and input errors. Tiny models; each run takes seconds."""
+
 import math
 import os
 import socket
@@ -18,172 +19,217 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _losses(workdir):
-  return np.array([r['train/loss'] for r in workdir_lib.read_metrics(workdir)
-                   if 'train/loss' in r])
+    return np.array(
+        [r['train/loss'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
+    )
 
 
 def _run(tmp_path, name, devices=None, **overrides):
-  c = tiny_config.get_config()
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  workdir = str(tmp_path / name)
-  summary = train.train_and_evaluate(c, workdir, devices=devices)
-  return workdir, summary
+    c = tiny_config.get_config()
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split('.')
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    workdir = str(tmp_path / name)
+    summary = train.train_and_evaluate(c, workdir, devices=devices)
+    return workdir, summary
 
 
 @pytest.fixture(scope='module')
 def reference_8x1(tmp_path_factory):
-  """20 steps on 8 devices, mesh data=8."""
-  workdir, _ = _run(tmp_path_factory.mktemp('ref'), 'ref', mesh=dict(data=8, fsdp=1, tensor=1))
-  return _losses(workdir)
+    """20 steps on 8 devices, mesh data=8."""
+    workdir, _ = _run(tmp_path_factory.mktemp('ref'), 'ref', mesh=dict(data=8, fsdp=1, tensor=1))
+    return _losses(workdir)
 
 
 def test_losses_decrease_and_workdir_complete(tmp_path, reference_8x1):
-  workdir, summary = _run(tmp_path, 'run', total_steps=4, checkpoint_every_steps=2)
-  for name in ('config.json', 'metrics.jsonl', 'summary.json'):
-    assert os.path.exists(os.path.join(workdir, name)), name
-  assert os.listdir(os.path.join(workdir, 'tensorboard'))
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
-  records = workdir_lib.read_metrics(workdir)
-  assert {'step', 'time', 'train/loss', 'train/lr', 'train/samples_per_s'} <= set(records[0])
-  assert summary['step'] == 4
-  assert reference_8x1.shape == (20,)
-  assert reference_8x1[-3:].mean() < reference_8x1[:3].mean()
+    workdir, summary = _run(tmp_path, 'run', total_steps=4, checkpoint_every_steps=2)
+    for name in ('config.json', 'metrics.jsonl', 'summary.json'):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert os.listdir(os.path.join(workdir, 'tensorboard'))
+    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+    records = workdir_lib.read_metrics(workdir)
+    assert {'step', 'time', 'train/loss', 'train/lr', 'train/samples_per_s'} <= set(records[0])
+    assert summary['step'] == 4
+    assert reference_8x1.shape == (20,)
+    assert reference_8x1[-3:].mean() < reference_8x1[:3].mean()
 
 
-@pytest.mark.parametrize('mesh, n_devices', [
-    (dict(data=1, fsdp=1, tensor=1), 1),
-    (dict(data=2, fsdp=4, tensor=1), 8),
-])
+@pytest.mark.parametrize(
+    'mesh, n_devices',
+    [
+        (dict(data=1, fsdp=1, tensor=1), 1),
+        (dict(data=2, fsdp=4, tensor=1), 8),
+    ],
+)
 def test_same_losses_on_any_mesh(tmp_path, reference_8x1, mesh, n_devices):
-  workdir, _ = _run(tmp_path, 'run', devices=jax.devices()[:n_devices], mesh=mesh)
-  np.testing.assert_allclose(_losses(workdir), reference_8x1, rtol=1e-5)
+    workdir, _ = _run(tmp_path, 'run', devices=jax.devices()[:n_devices], mesh=mesh)
+    np.testing.assert_allclose(_losses(workdir), reference_8x1, rtol=1e-5)
 
 
 def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, reference_8x1):
-  """2 local processes x 4 CPU devices == 1 process x 8 devices, step by step."""
-  workdir = str(tmp_path / 'mp')
-  port = _free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             JAX_PLATFORMS='cpu', PYTHONPATH=os.path.join(REPO, 'tests'))
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'alignjax.train', '--config', 'tests/tiny_config.py',
-       '--workdir', workdir, '--config.mesh.data=8', f'--coordinator_address=localhost:{port}',
-       '--num_processes=2', f'--process_id={i}'],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-3000:]
-  np.testing.assert_allclose(_losses(workdir), reference_8x1, rtol=1e-5)
+    """2 local processes x 4 CPU devices == 1 process x 8 devices, step by step."""
+    workdir = str(tmp_path / 'mp')
+    port = _free_port()
+    env = dict(
+        os.environ,
+        XLA_FLAGS='--xla_force_host_platform_device_count=4',
+        JAX_PLATFORMS='cpu',
+        PYTHONPATH=os.path.join(REPO, 'tests'),
+    )
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                '-m',
+                'alignjax.train',
+                '--config',
+                'tests/tiny_config.py',
+                '--workdir',
+                workdir,
+                '--config.mesh.data=8',
+                f'--coordinator_address=localhost:{port}',
+                '--num_processes=2',
+                f'--process_id={i}',
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    np.testing.assert_allclose(_losses(workdir), reference_8x1, rtol=1e-5)
 
 
 def test_resume_continues_where_it_stopped(tmp_path):
-  common = dict(checkpoint_every_steps=3)
-  common['optim.schedule'] = 'constant'
-  straight, _ = _run(tmp_path, 'straight', total_steps=8, **common)
-  # Same workdir twice: 5 steps, then the run is extended to 8 and resumes from step 5.
-  _run(tmp_path, 'resumed', total_steps=5, **common)
-  resumed, _ = _run(tmp_path, 'resumed', total_steps=8, **common)
-  records = workdir_lib.read_metrics(resumed)
-  assert [r['step'] for r in records if 'train/loss' in r] == list(range(1, 9))
-  np.testing.assert_allclose(_losses(resumed), _losses(straight), rtol=1e-6)
+    common = dict(checkpoint_every_steps=3)
+    common['optim.schedule'] = 'constant'
+    straight, _ = _run(tmp_path, 'straight', total_steps=8, **common)
+    # Same workdir twice: 5 steps, then the run is extended to 8 and resumes from step 5.
+    _run(tmp_path, 'resumed', total_steps=5, **common)
+    resumed, _ = _run(tmp_path, 'resumed', total_steps=8, **common)
+    records = workdir_lib.read_metrics(resumed)
+    assert [r['step'] for r in records if 'train/loss' in r] == list(range(1, 9))
+    np.testing.assert_allclose(_losses(resumed), _losses(straight), rtol=1e-6)
 
 
 @pytest.mark.parametrize('loss', ['clip', 'siglip'])
 def test_grad_accumulation_equals_full_batch_gradient(loss):
-  c = tiny_config.get_config('siglip' if loss == 'siglip' else None)
-  c.batch_size = 32
-  c.mesh = dict(data=4, fsdp=2, tensor=1)
-  t = train.build_trainer(c)
-  state = t.init_fn()
-  rng = np.random.default_rng(0)
-  batch = t.global_batch({
-      'image': rng.normal(size=(32, 16, 16, 3)).astype(np.float32),
-      'tokens': rng.integers(1, 255, size=(32, 8)).astype(np.int32)})
+    c = tiny_config.get_config('siglip' if loss == 'siglip' else None)
+    c.batch_size = 32
+    c.mesh = dict(data=4, fsdp=2, tensor=1)
+    t = train.build_trainer(c)
+    state = t.init_fn()
+    rng = np.random.default_rng(0)
+    batch = t.global_batch(
+        {
+            'image': rng.normal(size=(32, 16, 16, 3)).astype(np.float32),
+            'tokens': rng.integers(1, 255, size=(32, 8)).astype(np.int32),
+        }
+    )
 
-  def forward(params, b):
-    return t.model.apply({'params': params}, b['image'], b['tokens'])
+    def forward(params, b):
+        return t.model.apply({'params': params}, b['image'], b['tokens'])
 
-  def full(params):
-    (l, _), g = jax.value_and_grad(lambda p: t.loss_fn(forward(p, batch)), has_aux=True)(params)
-    return l, g
+    def full(params):
+        (l, _), g = jax.value_and_grad(lambda p: t.loss_fn(forward(p, batch)), has_aux=True)(params)
+        return l, g
 
-  with jax.set_mesh(t.mesh):
-    loss_full, g_full = jax.jit(full)(state.params)
-    loss_acc, _, g_acc = jax.jit(
-        lambda p: train.accumulated_grads(forward, p, batch, t.loss_fn, 4))(state.params)
-  np.testing.assert_allclose(loss_acc, loss_full, rtol=1e-6)
-  flat_full = dict(zip(jax.tree_util.tree_leaves(optim.tree_paths(g_full)),
-                       jax.tree_util.tree_leaves(g_full)))
-  flat_acc = dict(zip(jax.tree_util.tree_leaves(optim.tree_paths(g_acc)),
-                      jax.tree_util.tree_leaves(g_acc)))
-  assert 'log_scale' in flat_full and abs(float(flat_full['log_scale'])) > 0
-  # Tolerance relative to the largest gradient: some leaves are exactly zero in exact
-  # arithmetic (attention key biases: softmax ignores a per-query constant) and hold
-  # only float noise, which no relative tolerance of their own can compare.
-  scale = max(float(jnp.abs(g).max()) for g in flat_full.values())
-  for path, g in flat_full.items():
-    np.testing.assert_allclose(flat_acc[path], g, atol=1e-6 * scale, rtol=1e-4, err_msg=path)
+    with jax.set_mesh(t.mesh):
+        loss_full, g_full = jax.jit(full)(state.params)
+        loss_acc, _, g_acc = jax.jit(
+            lambda p: train.accumulated_grads(forward, p, batch, t.loss_fn, 4)
+        )(state.params)
+    np.testing.assert_allclose(loss_acc, loss_full, rtol=1e-6)
+    flat_full = dict(
+        zip(jax.tree_util.tree_leaves(optim.tree_paths(g_full)), jax.tree_util.tree_leaves(g_full))
+    )
+    flat_acc = dict(
+        zip(jax.tree_util.tree_leaves(optim.tree_paths(g_acc)), jax.tree_util.tree_leaves(g_acc))
+    )
+    assert 'log_scale' in flat_full and abs(float(flat_full['log_scale'])) > 0
+    # Tolerance relative to the largest gradient: some leaves are exactly zero in exact
+    # arithmetic (attention key biases: softmax ignores a per-query constant) and hold
+    # only float noise, which no relative tolerance of their own can compare.
+    scale = max(float(jnp.abs(g).max()) for g in flat_full.values())
+    for path, g in flat_full.items():
+        np.testing.assert_allclose(flat_acc[path], g, atol=1e-6 * scale, rtol=1e-4, err_msg=path)
 
 
 def test_frozen_image_tower_is_bit_identical(tmp_path):
-  c = tiny_config.get_config()
-  c.optim.freeze = ('img/.*',)
-  t = train.build_trainer(c)
-  state = t.init_fn()
-  init = jax.device_get(state.params)
-  rng = np.random.default_rng(1)
-  for _ in range(3):
-    batch = t.global_batch({
-        'image': rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
-        'tokens': rng.integers(1, 255, size=(16, 8)).astype(np.int32)})
-    state, metrics = t.step_fn(state, batch)
-  final = jax.device_get(state.params)
-  for a, b in zip(jax.tree_util.tree_leaves(init['img']), jax.tree_util.tree_leaves(final['img'])):
-    np.testing.assert_array_equal(a, b)
-  changed = [not np.array_equal(a, b) for a, b in
-             zip(jax.tree_util.tree_leaves(init['txt']), jax.tree_util.tree_leaves(final['txt']))]
-  assert all(changed)
+    c = tiny_config.get_config()
+    c.optim.freeze = ('img/.*',)
+    t = train.build_trainer(c)
+    state = t.init_fn()
+    init = jax.device_get(state.params)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        batch = t.global_batch(
+            {
+                'image': rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+                'tokens': rng.integers(1, 255, size=(16, 8)).astype(np.int32),
+            }
+        )
+        state, metrics = t.step_fn(state, batch)
+    final = jax.device_get(state.params)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(init['img']), jax.tree_util.tree_leaves(final['img'])
+    ):
+        np.testing.assert_array_equal(a, b)
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree_util.tree_leaves(init['txt']), jax.tree_util.tree_leaves(final['txt'])
+        )
+    ]
+    assert all(changed)
 
 
 def test_clip_logit_scale_is_clamped_after_update():
-  c = tiny_config.get_config()
-  c.model.logit_scale_init = math.exp(5.0)  # Above ln 100: the first update clamps it.
-  t = train.build_trainer(c)
-  state = t.init_fn()
-  assert float(state.params['log_scale']) == pytest.approx(5.0)
-  rng = np.random.default_rng(2)
-  batch = t.global_batch({
-      'image': rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
-      'tokens': rng.integers(1, 255, size=(16, 8)).astype(np.int32)})
-  state, _ = t.step_fn(state, batch)
-  assert float(state.params['log_scale']) == pytest.approx(math.log(100), abs=1e-6)
+    c = tiny_config.get_config()
+    c.model.logit_scale_init = math.exp(5.0)  # Above ln 100: the first update clamps it.
+    t = train.build_trainer(c)
+    state = t.init_fn()
+    assert float(state.params['log_scale']) == pytest.approx(5.0)
+    rng = np.random.default_rng(2)
+    batch = t.global_batch(
+        {
+            'image': rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+            'tokens': rng.integers(1, 255, size=(16, 8)).astype(np.int32),
+        }
+    )
+    state, _ = t.step_fn(state, batch)
+    assert float(state.params['log_scale']) == pytest.approx(math.log(100), abs=1e-6)
 
 
 def test_nan_loss_stops_naming_step_and_saves_nothing(tmp_path):
-  with pytest.raises(train.NonFiniteError, match=r'step 1: .*train/loss'):
-    _run(tmp_path, 'nan', **{'model.logit_scale_init': float('inf')})
-  ckpt_dir = tmp_path / 'nan' / 'checkpoints'
-  assert not ckpt_dir.exists() or not [p for p in os.listdir(ckpt_dir) if p.isdigit()]
+    with pytest.raises(train.NonFiniteError, match=r'step 1: .*train/loss'):
+        _run(tmp_path, 'nan', **{'model.logit_scale_init': float('inf')})
+    ckpt_dir = tmp_path / 'nan' / 'checkpoints'
+    assert not ckpt_dir.exists() or not [p for p in os.listdir(ckpt_dir) if p.isdigit()]
 
 
 def test_batch_not_divisible_by_data_parallel_size(tmp_path):
-  with pytest.raises(ValueError, match=r'batch_size=12 is not divisible by the data-parallel size 8'):
-    _run(tmp_path, 'bad', batch_size=12, mesh=dict(data=8, fsdp=1, tensor=1))
+    with pytest.raises(
+        ValueError, match=r'batch_size=12 is not divisible by the data-parallel size 8'
+    ):
+        _run(tmp_path, 'bad', batch_size=12, mesh=dict(data=8, fsdp=1, tensor=1))
 
 
 def test_unknown_loss_names_valid_choices(tmp_path):
-  with pytest.raises(ValueError, match='siglip'):
-    _run(tmp_path, 'bad', **{'loss.name': 'clipp'})
+    with pytest.raises(ValueError, match='siglip'):
+        _run(tmp_path, 'bad', **{'loss.name': 'clipp'})

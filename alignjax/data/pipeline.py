@@ -121,8 +121,15 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     all processes. Call ``close()`` (or use ``with``) to stop worker processes.
     """
 
-    def __init__(self, batches: grain.MapDataset, *, num_workers: int, num_threads: int,
-                 prefetch_buffer: int, fingerprint: dict[str, Any]):
+    def __init__(
+        self,
+        batches: grain.MapDataset,
+        *,
+        num_workers: int,
+        num_threads: int,
+        prefetch_buffer: int,
+        fingerprint: dict[str, Any],
+    ):
         self._batches = batches
         self._num_workers = int(num_workers)
         self._num_threads = int(num_threads)
@@ -135,10 +142,12 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
 
     # -- iteration ------------------------------------------------------------------------
     def _start(self):
-        ds = self._batches[self._next_batch:]
+        ds = self._batches[self._next_batch :]
         threads = self._num_threads if self._prefetch_buffer > 0 else 0
         ds = ds.to_iter_dataset(
-            grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(self._prefetch_buffer, 1))
+            grain.ReadOptions(
+                num_threads=threads, prefetch_buffer_size=max(self._prefetch_buffer, 1)
+            )
         )
         if self._num_workers > 0:
             # grain reads its absl flags when it starts workers: without absl.app.run
@@ -319,8 +328,18 @@ def make_train_iterator(
 class EvalBatches:
     """Finite, re-iterable sequence of padded eval batches (see ``make_eval_batches``)."""
 
-    def __init__(self, source, *, tokenizer, batch_size, num_examples, normalize,
-                 process_index, process_count, num_threads):
+    def __init__(
+        self,
+        source,
+        *,
+        tokenizer,
+        batch_size,
+        num_examples,
+        normalize,
+        process_index,
+        process_count,
+        num_threads,
+    ):
         self.source = source
         self.batch_size = int(batch_size)
         self.num_examples = int(num_examples)
@@ -399,7 +418,9 @@ def make_eval_batches(
     T.normalize_image(np.zeros((1, 1, 3), np.uint8), normalize)
     n = len(source) if num_examples is None else min(int(num_examples), len(source))
     if n <= 0:
-        raise ValueError(f"No examples to evaluate (num_examples={num_examples}, len={len(source)}).")
+        raise ValueError(
+            f"No examples to evaluate (num_examples={num_examples}, len={len(source)})."
+        )
     return EvalBatches(
         source,
         tokenizer=tokenizer,

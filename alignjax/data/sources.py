@@ -68,7 +68,9 @@ def get_source(spec: str, split: str, **kwargs):
     """
     scheme, name, params = parse_spec(spec)
     if scheme not in SOURCES:
-        raise ValueError(f"Unknown data source scheme {scheme!r} in {spec!r}; valid schemes: {sorted(SOURCES)}.")
+        raise ValueError(
+            f"Unknown data source scheme {scheme!r} in {spec!r}; valid schemes: {sorted(SOURCES)}."
+        )
     params.update(kwargs)
     return SOURCES[scheme](name, split, **params)
 

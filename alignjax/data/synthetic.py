@@ -137,12 +137,8 @@ def _held_out(shape: int, color: int) -> bool:
     return (color - shape) % len(COLORS) in (2, 5)
 
 
-_HELD_OUT = tuple(
-    (s, c) for s in range(len(SHAPES)) for c in range(len(COLORS)) if _held_out(s, c)
-)
-_SEEN = tuple(
-    (s, c) for s in range(len(SHAPES)) for c in range(len(COLORS)) if not _held_out(s, c)
-)
+_HELD_OUT = tuple((s, c) for s in range(len(SHAPES)) for c in range(len(COLORS)) if _held_out(s, c))
+_SEEN = tuple((s, c) for s in range(len(SHAPES)) for c in range(len(COLORS)) if not _held_out(s, c))
 
 
 # --- geometry --------------------------------------------------------------------------
@@ -322,13 +318,23 @@ class ShapesDataset:
                 attribute="size",
                 label_key="label_size",
                 classnames=list(SIZES),
-                templates=["a {} object.", "a {} shape.", "something {}.", "a photo of a {} thing."],
+                templates=[
+                    "a {} object.",
+                    "a {} shape.",
+                    "something {}.",
+                    "a photo of a {} thing.",
+                ],
             ),
             "position": dict(
                 attribute="position",
                 label_key="label_position",
                 classnames=["on the left", "in the center", "on the right"],
-                templates=["an object {}.", "something {}.", "a shape {}.", "a photo of a thing {}."],
+                templates=[
+                    "an object {}.",
+                    "something {}.",
+                    "a shape {}.",
+                    "a photo of a thing {}.",
+                ],
             ),
             "count": dict(
                 attribute="count",
@@ -411,7 +417,11 @@ class ShapesDataset:
             adjs.append(pick(_SIZE_WORDS[SIZES[labels["size"]]]))
         if m[2] < _P_MENTION["color"]:
             adjs.append(pick(_COLOR_WORDS[COLORS[labels["color"]]]))
-        pos = pick(_POSITION_WORDS[POSITIONS[labels["position"]]]) if m[1] < _P_MENTION["position"] else ""
+        pos = (
+            pick(_POSITION_WORDS[POSITIONS[labels["position"]]])
+            if m[1] < _P_MENTION["position"]
+            else ""
+        )
         template = pick(_TEMPLATES)
         if "{adjs}" in template and not adjs:
             template = _TEMPLATES[0]

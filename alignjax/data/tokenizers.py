@@ -172,8 +172,7 @@ class WordHashTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return [
-            self.N_SPECIAL + zlib.crc32(w.encode("utf-8")) % self._buckets
-            for w in self.words(text)
+            self.N_SPECIAL + zlib.crc32(w.encode("utf-8")) % self._buckets for w in self.words(text)
         ]
 
 
@@ -196,9 +195,7 @@ class ByteTokenizer(Tokenizer):
 
     def decode(self, ids) -> str:
         data = bytes(
-            i - self.N_SPECIAL
-            for i in self.body(ids)
-            if self.N_SPECIAL <= i < self.N_SPECIAL + 256
+            i - self.N_SPECIAL for i in self.body(ids) if self.N_SPECIAL <= i < self.N_SPECIAL + 256
         )
         return data.decode("utf-8", errors="replace")
 
@@ -343,15 +340,17 @@ def build_tokenizer(config: Mapping[str, Any] | Any) -> Tokenizer:
     config = dict(config)
     unknown = sorted(set(config) - set(_FIELDS))
     if unknown:
-        raise ValueError(f"Unknown tokenizer config field(s) {unknown}; valid fields: {sorted(_FIELDS)}.")
+        raise ValueError(
+            f"Unknown tokenizer config field(s) {unknown}; valid fields: {sorted(_FIELDS)}."
+        )
     name = config.get("name", "word_hash")
     if name not in TOKENIZERS:
         raise ValueError(f"Unknown tokenizer name {name!r}; valid names: {sorted(TOKENIZERS)}.")
     kwargs = {
-        k: v
-        for k, v in config.items()
-        if k != "name" and name in _FIELDS[k] and v is not None
+        k: v for k, v in config.items() if k != "name" and name in _FIELDS[k] and v is not None
     }
     if name == "sentencepiece" and not kwargs.get("model_path"):
-        raise ValueError("tokenizer.name='sentencepiece' needs tokenizer.model_path (a .model file).")
+        raise ValueError(
+            "tokenizer.name='sentencepiece' needs tokenizer.model_path (a .model file)."
+        )
     return TOKENIZERS[name](**kwargs)

@@ -13,6 +13,7 @@ per image allowed):
 Ties count in the query's favour only if the true item is ranked within k by a stable
 sort of the scores (descending), which matches top-k selection on ties by lower index.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -21,37 +22,40 @@ import numpy as np
 
 
 def topk_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
-  """[N] bool: is targets[i] among the top-k columns of scores[i] (stable ranking)."""
-  k = min(k, scores.shape[1])
-  order = np.argsort(-scores, axis=1, kind='stable')[:, :k]
-  return (order == targets[:, None]).any(axis=1)
+    """[N] bool: is targets[i] among the top-k columns of scores[i] (stable ranking)."""
+    k = min(k, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind='stable')[:, :k]
+    return (order == targets[:, None]).any(axis=1)
 
 
 def zero_shot_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  """`logits` [N, C], `labels` [N] int -> acc1, acc5, mean_per_class_recall."""
-  top1 = topk_hits(logits, labels, 1)
-  recalls = [top1[labels == c].mean() for c in np.unique(labels)]
-  return {'acc1': float(top1.mean()),
-          'acc5': float(topk_hits(logits, labels, 5).mean()),
-          'mean_per_class_recall': float(np.mean(recalls))}
+    """`logits` [N, C], `labels` [N] int -> acc1, acc5, mean_per_class_recall."""
+    top1 = topk_hits(logits, labels, 1)
+    recalls = [top1[labels == c].mean() for c in np.unique(labels)]
+    return {
+        'acc1': float(top1.mean()),
+        'acc5': float(topk_hits(logits, labels, 5).mean()),
+        'mean_per_class_recall': float(np.mean(recalls)),
+    }
 
 
-def retrieval_metrics(sim: np.ndarray, img_of_text: np.ndarray,
-                      ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-  """`sim` [N_img, N_txt] similarities, `img_of_text` [N_txt] int -> recall@k both ways."""
-  n_img, n_txt = sim.shape
-  out = {}
-  # text -> image
-  for k in ks:
-    out[f'image_retrieval_recall@{k}'] = float(topk_hits(sim.T, img_of_text, k).mean())
-  # image -> text: hit if any of the image's captions is ranked in the top k.
-  order = np.argsort(-sim, axis=1, kind='stable')  # [N_img, N_txt]
-  rank_of_positive = np.full(n_img, n_txt)
-  ranks = np.empty_like(order)
-  ranks[np.arange(n_img)[:, None], order] = np.arange(n_txt)[None, :]
-  for j in range(n_txt):
-    i = img_of_text[j]
-    rank_of_positive[i] = min(rank_of_positive[i], ranks[i, j])
-  for k in ks:
-    out[f'text_retrieval_recall@{k}'] = float((rank_of_positive < k).mean())
-  return out
+def retrieval_metrics(
+    sim: np.ndarray, img_of_text: np.ndarray, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """`sim` [N_img, N_txt] similarities, `img_of_text` [N_txt] int -> recall@k both ways."""
+    n_img, n_txt = sim.shape
+    out = {}
+    # text -> image
+    for k in ks:
+        out[f'image_retrieval_recall@{k}'] = float(topk_hits(sim.T, img_of_text, k).mean())
+    # image -> text: hit if any of the image's captions is ranked in the top k.
+    order = np.argsort(-sim, axis=1, kind='stable')  # [N_img, N_txt]
+    rank_of_positive = np.full(n_img, n_txt)
+    ranks = np.empty_like(order)
+    ranks[np.arange(n_img)[:, None], order] = np.arange(n_txt)[None, :]
+    for j in range(n_txt):
+        i = img_of_text[j]
+        rank_of_positive[i] = min(rank_of_positive[i], ranks[i, j])
+    for k in ks:
+        out[f'text_retrieval_recall@{k}'] = float((rank_of_positive < k).mean())
+    return out

@@ -8,6 +8,7 @@ Public API:
   build(loss_config, mesh=None) -> loss_fn(out) -> (loss, metrics)
   default_loss_config() -> ConfigDict
 """
+
 from alignjax.losses.contrastive import (
     build,
     clip_loss,

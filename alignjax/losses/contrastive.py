@@ -13,6 +13,7 @@ Notation (see ``reference/methods.md`` §0-2): ``B`` batch size, ``D`` embedding
 ``t`` the logit scale (a multiplier, i.e. ``exp`` of the stored log-temperature) and
 ``b`` the SigLIP logit bias. Every loss is computed in float32 whatever the input dtype.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -47,18 +48,20 @@ def _as_f32_scalar(value: Any, what: str) -> jax.Array:
     """
     value = jnp.asarray(value, jnp.float32)
     if value.size != 1:
-        raise ValueError(f"{what} must be a scalar (or have exactly one element); got shape "
-                         f"{value.shape}.")
+        raise ValueError(
+            f"{what} must be a scalar (or have exactly one element); got shape {value.shape}."
+        )
     return value.reshape(())
 
 
 def _check_pair(zimg: jax.Array, ztxt: jax.Array, fn: str) -> None:
     if zimg.ndim != 2 or ztxt.ndim != 2:
-        raise ValueError(f"{fn}: zimg and ztxt must be [B, D]; got {zimg.shape} and "
-                         f"{ztxt.shape}.")
+        raise ValueError(f"{fn}: zimg and ztxt must be [B, D]; got {zimg.shape} and {ztxt.shape}.")
     if zimg.shape != ztxt.shape:
-        raise ValueError(f"{fn}: zimg {zimg.shape} and ztxt {ztxt.shape} must have the same "
-                         "[B, D] shape (one caption per image, positives on the diagonal).")
+        raise ValueError(
+            f"{fn}: zimg {zimg.shape} and ztxt {ztxt.shape} must have the same "
+            "[B, D] shape (one caption per image, positives on the diagonal)."
+        )
 
 
 def _explicit_mesh(*arrays):
@@ -90,8 +93,9 @@ def _run_auto(fn: Callable, out_sharding, *args):
         return jax.sharding.auto_axes(fn, out_sharding=out_sharding)(*args)
 
 
-def _sigmoid_block_sum(x: jax.Array, y: jax.Array, t: jax.Array, b: jax.Array, *,
-                       positives_on_diagonal: bool) -> jax.Array:
+def _sigmoid_block_sum(
+    x: jax.Array, y: jax.Array, t: jax.Array, b: jax.Array, *, positives_on_diagonal: bool
+) -> jax.Array:
     """Σ_ij −log σ(z_ij (t·x_i·y_j + b)) over one block of pairs (float32 scalar).
 
     ``z_ij = +1`` on the diagonal when ``positives_on_diagonal`` (the block of a batch with
@@ -103,11 +107,11 @@ def _sigmoid_block_sum(x: jax.Array, y: jax.Array, t: jax.Array, b: jax.Array, *
       y: [m, D] float32 text embeddings (``m == n`` when ``positives_on_diagonal``).
       t, b: float32 scalars.
     """
-    logits = t * (x @ y.T) + b                                   # [n, m]
+    logits = t * (x @ y.T) + b  # [n, m]
     if positives_on_diagonal:
         n, m = logits.shape
         eye = jnp.arange(n)[:, None] == jnp.arange(m)[None, :]
-        logits = jnp.where(eye, -logits, logits)                 # −z_ij · l_ij
+        logits = jnp.where(eye, -logits, logits)  # −z_ij · l_ij
     return jnp.sum(jax.nn.softplus(logits))
 
 
@@ -118,16 +122,18 @@ def _in_batch_accuracy(zimg: jax.Array, ztxt: jax.Array) -> tuple[jax.Array, jax
     to the lowest index (``jnp.argmax``). Uses similarities, not logits, so it is defined
     for ``t = 0`` too.
     """
+
     def accuracy(x, y):
-        sim = x.astype(jnp.float32) @ y.astype(jnp.float32).T   # [B, B]
+        sim = x.astype(jnp.float32) @ y.astype(jnp.float32).T  # [B, B]
         idx = jnp.arange(sim.shape[0])
         i2t = jnp.mean((jnp.argmax(sim, axis=1) == idx).astype(jnp.float32))
         t2i = jnp.mean((jnp.argmax(sim, axis=0) == idx).astype(jnp.float32))
         return i2t, t2i
 
     replicated = jax.sharding.PartitionSpec()
-    return _run_auto(accuracy, (replicated, replicated), jax.lax.stop_gradient(zimg),
-                     jax.lax.stop_gradient(ztxt))
+    return _run_auto(
+        accuracy, (replicated, replicated), jax.lax.stop_gradient(zimg), jax.lax.stop_gradient(ztxt)
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -151,8 +157,10 @@ def info_nce(logits: jax.Array, targets: jax.Array) -> jax.Array:
     logits = jnp.asarray(logits, jnp.float32)
     targets = jnp.asarray(targets, jnp.float32)
     if logits.ndim != 2 or logits.shape != targets.shape:
-        raise ValueError(f"info_nce: logits and targets must both be [N, M]; got "
-                         f"{logits.shape} and {targets.shape}.")
+        raise ValueError(
+            f"info_nce: logits and targets must both be [N, M]; got "
+            f"{logits.shape} and {targets.shape}."
+        )
     logp = jax.nn.log_softmax(logits, axis=-1)
     # Select before multiplying so that 0 · (−inf) never appears, in value or gradient.
     logp = jnp.where(targets > 0, logp, 0.0)
@@ -177,22 +185,26 @@ def clip_loss(zimg: jax.Array, ztxt: jax.Array, logit_scale: Any) -> jax.Array:
       value and gradient are those of the global batch.
     """
     _check_pair(zimg, ztxt, "clip_loss")
-    return _run_auto(_clip_dense, jax.sharding.PartitionSpec(), zimg, ztxt,
-                     _as_f32_scalar(logit_scale, "logit_scale"))
+    return _run_auto(
+        _clip_dense,
+        jax.sharding.PartitionSpec(),
+        zimg,
+        ztxt,
+        _as_f32_scalar(logit_scale, "logit_scale"),
+    )
 
 
 def _clip_dense(zimg, ztxt, t):
     x = zimg.astype(jnp.float32)
     y = ztxt.astype(jnp.float32)
-    logits = t * (x @ y.T)                                       # [B, B]
-    pos = jnp.diagonal(logits)                                   # [B]
+    logits = t * (x @ y.T)  # [B, B]
+    pos = jnp.diagonal(logits)  # [B]
     i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1) - pos)
     t2i = jnp.mean(jax.nn.logsumexp(logits, axis=0) - pos)
     return 0.5 * (i2t + t2i)
 
 
-def siglip_loss(zimg: jax.Array, ztxt: jax.Array, logit_scale: Any,
-                logit_bias: Any) -> jax.Array:
+def siglip_loss(zimg: jax.Array, ztxt: jax.Array, logit_scale: Any, logit_bias: Any) -> jax.Array:
     """Pairwise sigmoid loss (SigLIP), dense over the whole batch.
 
     ``l_ij = t · <x_i, y_j> + b``, ``z_ij = +1 if i == j else −1``;
@@ -211,9 +223,14 @@ def siglip_loss(zimg: jax.Array, ztxt: jax.Array, logit_scale: Any,
       :func:`alignjax.losses.ring.siglip_loss_ring`.
     """
     _check_pair(zimg, ztxt, "siglip_loss")
-    return _run_auto(_siglip_dense, jax.sharding.PartitionSpec(), zimg, ztxt,
-                     _as_f32_scalar(logit_scale, "logit_scale"),
-                     _as_f32_scalar(logit_bias, "logit_bias"))
+    return _run_auto(
+        _siglip_dense,
+        jax.sharding.PartitionSpec(),
+        zimg,
+        ztxt,
+        _as_f32_scalar(logit_scale, "logit_scale"),
+        _as_f32_scalar(logit_bias, "logit_bias"),
+    )
 
 
 def _siglip_dense(zimg, ztxt, t, b):
@@ -238,22 +255,27 @@ def default_loss_config():
       batch_axes: mesh axes the batch is sharded over (used by ``impl='ring'``).
     """
     import ml_collections  # Imported lazily: only config handling needs it.
-    return ml_collections.ConfigDict({
-        "name": "clip",
-        "impl": "dense",
-        "batch_axes": ("data", "fsdp"),
-    })
+
+    return ml_collections.ConfigDict(
+        {
+            "name": "clip",
+            "impl": "dense",
+            "batch_axes": ("data", "fsdp"),
+        }
+    )
 
 
 def _config_to_dict(loss_config) -> dict:
     if loss_config is None:
         return dict(default_loss_config().to_dict())
-    if hasattr(loss_config, "to_dict"):                           # (Frozen)ConfigDict
+    if hasattr(loss_config, "to_dict"):  # (Frozen)ConfigDict
         return dict(loss_config.to_dict())
     if isinstance(loss_config, Mapping):
         return dict(loss_config)
-    raise ValueError(f"loss_config must be an ml_collections.ConfigDict or a dict with fields "
-                     f"{_CONFIG_FIELDS}; got {type(loss_config).__name__}.")
+    raise ValueError(
+        f"loss_config must be an ml_collections.ConfigDict or a dict with fields "
+        f"{_CONFIG_FIELDS}; got {type(loss_config).__name__}."
+    )
 
 
 def _get(out: Any, field: str, default: Any = None) -> Any:
@@ -262,8 +284,9 @@ def _get(out: Any, field: str, default: Any = None) -> Any:
     return getattr(out, field, default)
 
 
-def build(loss_config=None, mesh: jax.sharding.Mesh | None = None
-          ) -> Callable[[Any], tuple[jax.Array, dict[str, jax.Array]]]:
+def build(
+    loss_config=None, mesh: jax.sharding.Mesh | None = None
+) -> Callable[[Any], tuple[jax.Array, dict[str, jax.Array]]]:
     """Builds ``loss_fn(out) -> (loss, metrics)`` from ``config.loss``.
 
     Args:
@@ -283,8 +306,9 @@ def build(loss_config=None, mesh: jax.sharding.Mesh | None = None
     cfg = _config_to_dict(loss_config)
     unknown = sorted(set(cfg) - set(_CONFIG_FIELDS))
     if unknown:
-        raise ValueError(f"Unknown loss config field(s) {unknown}; valid fields are "
-                         f"{list(_CONFIG_FIELDS)}.")
+        raise ValueError(
+            f"Unknown loss config field(s) {unknown}; valid fields are {list(_CONFIG_FIELDS)}."
+        )
     defaults = default_loss_config()
     name = cfg.get("name", defaults.name)
     impl = cfg.get("impl", defaults.impl)
@@ -299,11 +323,14 @@ def build(loss_config=None, mesh: jax.sharding.Mesh | None = None
                 "impl='ring' is only implemented for name='siglip'. The softmax (CLIP) loss "
                 "normalises each row over the whole batch, so a ring would need an online "
                 "log-sum-exp in both directions; use impl='dense' for CLIP, which under "
-                "jax.jit on sharded arrays already gives the exact global loss and gradient.")
+                "jax.jit on sharded arrays already gives the exact global loss and gradient."
+            )
         if mesh is None:
-            raise ValueError("impl='ring' needs the device mesh: call build(loss_config, "
-                             "mesh=mesh).")
+            raise ValueError(
+                "impl='ring' needs the device mesh: call build(loss_config, mesh=mesh)."
+            )
         from alignjax.losses import ring as ring_lib  # Lazy: ring.py imports this module.
+
         batch_axes = ring_lib.normalize_batch_axes(batch_axes, mesh)
 
     def loss_fn(out):
@@ -313,8 +340,10 @@ def build(loss_config=None, mesh: jax.sharding.Mesh | None = None
         if zimg is None or ztxt is None or logit_scale is None:
             raise ValueError("loss_fn(out): out must provide zimg, ztxt and logit_scale.")
         if name == "siglip" and logit_bias is None:
-            raise ValueError("The 'siglip' loss needs out.logit_bias; build the model with a "
-                             "learnable bias (e.g. bias_init=-10).")
+            raise ValueError(
+                "The 'siglip' loss needs out.logit_bias; build the model with a "
+                "learnable bias (e.g. bias_init=-10)."
+            )
         if name == "clip":
             loss = clip_loss(zimg, ztxt, logit_scale)
             i2t, t2i = _in_batch_accuracy(zimg, ztxt)
@@ -323,17 +352,16 @@ def build(loss_config=None, mesh: jax.sharding.Mesh | None = None
             i2t, t2i = _in_batch_accuracy(zimg, ztxt)
         else:
             loss, (i2t, t2i) = ring_lib.siglip_loss_ring_with_accuracy(
-                zimg, ztxt, logit_scale, logit_bias, mesh=mesh, batch_axes=batch_axes)
+                zimg, ztxt, logit_scale, logit_bias, mesh=mesh, batch_axes=batch_axes
+            )
         metrics = {
             "loss": jax.lax.stop_gradient(loss).astype(jnp.float32),
-            "logit_scale": jax.lax.stop_gradient(
-                _as_f32_scalar(logit_scale, "logit_scale")),
+            "logit_scale": jax.lax.stop_gradient(_as_f32_scalar(logit_scale, "logit_scale")),
             "i2t_acc": i2t,
             "t2i_acc": t2i,
         }
         if logit_bias is not None:
-            metrics["logit_bias"] = jax.lax.stop_gradient(
-                _as_f32_scalar(logit_bias, "logit_bias"))
+            metrics["logit_bias"] = jax.lax.stop_gradient(_as_f32_scalar(logit_bias, "logit_bias"))
         return loss, metrics
 
     return loss_fn

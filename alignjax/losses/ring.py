@@ -22,6 +22,7 @@ what an all-gather would hold anyway), never the b×b logits; the backward pass 
 one block at a time. In the loop body the next ``ppermute`` depends only on the current
 texts, not on the block's result, so communication can overlap with the block's compute.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,14 +39,13 @@ try:  # jax >= 0.7: the public, non-experimental API.
     from jax import shard_map as _jax_shard_map
 
     def _shard_map(f, *, mesh, in_specs, out_specs):
-        return _jax_shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                              check_vma=True)
+        return _jax_shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=True)
 except ImportError:  # pragma: no cover - older jax
     from jax.experimental.shard_map import shard_map as _exp_shard_map
 
     def _shard_map(f, *, mesh, in_specs, out_specs):
-        return _exp_shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                              check_rep=True)
+        return _exp_shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=True)
+
 
 __all__ = ["siglip_loss_ring", "siglip_loss_ring_with_accuracy", "normalize_batch_axes"]
 
@@ -59,8 +59,10 @@ def normalize_batch_axes(batch_axes: str | Sequence[str], mesh) -> tuple[str, ..
         raise ValueError(f"batch_axes {axes} repeats an axis.")
     missing = [a for a in axes if a not in mesh.axis_names]
     if missing:
-        raise ValueError(f"batch_axes {list(missing)} are not axes of the mesh; the mesh has "
-                         f"axes {list(mesh.axis_names)}.")
+        raise ValueError(
+            f"batch_axes {list(missing)} are not axes of the mesh; the mesh has "
+            f"axes {list(mesh.axis_names)}."
+        )
     return axes
 
 
@@ -75,18 +77,22 @@ def _block(x, y, t, b, *, positives_on_diagonal: bool, with_accuracy: bool):
     x: [b, D] images, y: [b, D] texts (any float dtype; computed in float32).
     Stats (no gradient): per-row max/argmax and per-column max/argmax of s = x yᵀ.
     """
-    s = x.astype(jnp.float32) @ y.astype(jnp.float32).T          # [b, b]
+    s = x.astype(jnp.float32) @ y.astype(jnp.float32).T  # [b, b]
     logits = t * s + b
     if positives_on_diagonal:
         n, m = logits.shape
         eye = jnp.arange(n)[:, None] == jnp.arange(m)[None, :]
-        logits = jnp.where(eye, -logits, logits)                 # −z_ij · l_ij
+        logits = jnp.where(eye, -logits, logits)  # −z_ij · l_ij
     total = jnp.sum(jax.nn.softplus(logits))
     if not with_accuracy:
         return total, None
     s = lax.stop_gradient(s)
-    stats = (jnp.max(s, axis=1), jnp.argmax(s, axis=1).astype(jnp.int32),
-             jnp.max(s, axis=0), jnp.argmax(s, axis=0).astype(jnp.int32))
+    stats = (
+        jnp.max(s, axis=1),
+        jnp.argmax(s, axis=1).astype(jnp.int32),
+        jnp.max(s, axis=0),
+        jnp.argmax(s, axis=0).astype(jnp.int32),
+    )
     return total, stats
 
 
@@ -96,17 +102,20 @@ def _better(val, idx, best_val, best_idx):
     return jnp.where(take, val, best_val), jnp.where(take, idx, best_idx)
 
 
-def _ring_local(x, y, t, b, *, axis: str | tuple[str, ...], n: int, global_b: int,
-                with_accuracy: bool):
+def _ring_local(
+    x, y, t, b, *, axis: str | tuple[str, ...], n: int, global_b: int, with_accuracy: bool
+):
     """Per-device ring body (runs inside shard_map). x, y: local [b, D] shards."""
     bl = x.shape[0]
-    k = lax.axis_index(axis)                                     # this device, 0..n-1
-    perm = [(j, (j + 1) % n) for j in range(n)]                  # send to the next device
+    k = lax.axis_index(axis)  # this device, 0..n-1
+    perm = [(j, (j + 1) % n) for j in range(n)]  # send to the next device
     shift = functools.partial(lax.ppermute, axis_name=axis, perm=perm)
-    pos_block = jax.checkpoint(functools.partial(
-        _block, positives_on_diagonal=True, with_accuracy=with_accuracy))
-    neg_block = jax.checkpoint(functools.partial(
-        _block, positives_on_diagonal=False, with_accuracy=with_accuracy))
+    pos_block = jax.checkpoint(
+        functools.partial(_block, positives_on_diagonal=True, with_accuracy=with_accuracy)
+    )
+    neg_block = jax.checkpoint(
+        functools.partial(_block, positives_on_diagonal=False, with_accuracy=with_accuracy)
+    )
     local = jnp.arange(bl, dtype=jnp.int32)
 
     # Accuracy state. "row": best text for each local image (stays here). "col": best image
@@ -136,7 +145,7 @@ def _ring_local(x, y, t, b, *, axis: str | tuple[str, ...], n: int, global_b: in
         def hop(h, carry):
             # At hop h device k holds the texts of device (k − h) mod n.
             y, total, row, col = carry
-            y_next = shift(y)                                    # independent of the block
+            y_next = shift(y)  # independent of the block
             part, stats = neg_block(x, y, t, b)
             if with_accuracy:
                 row, col = merge(stats, (k - h) % n, row, col)
@@ -163,8 +172,7 @@ def _ring_local(x, y, t, b, *, axis: str | tuple[str, ...], n: int, global_b: in
     return loss, (acc[0], acc[1])
 
 
-def _siglip_ring(zimg, ztxt, logit_scale, logit_bias, *, mesh, batch_axes,
-                 with_accuracy: bool):
+def _siglip_ring(zimg, ztxt, logit_scale, logit_bias, *, mesh, batch_axes, with_accuracy: bool):
     _check_pair(zimg, ztxt, "siglip_loss_ring")
     if mesh is None:
         raise ValueError("siglip_loss_ring needs the device mesh (mesh=...).")
@@ -176,7 +184,8 @@ def _siglip_ring(zimg, ztxt, logit_scale, logit_bias, *, mesh, batch_axes,
     if global_b % n:
         raise ValueError(
             f"siglip_loss_ring: the global batch {global_b} must be divisible by the number "
-            f"of devices on the batch axes {axes} ({n}); pad the batch or use impl='dense'.")
+            f"of devices on the batch axes {axes} ({n}); pad the batch or use impl='dense'."
+        )
     t = _as_f32_scalar(logit_scale, "logit_scale")
     b = _as_f32_scalar(logit_bias, "logit_bias")
     axis = axes if len(axes) > 1 else axes[0]
@@ -186,20 +195,27 @@ def _siglip_ring(zimg, ztxt, logit_scale, logit_bias, *, mesh, batch_axes,
         spec = P(axis, None)
         zimg = jax.sharding.reshard(zimg, jax.sharding.NamedSharding(mesh, spec))
         ztxt = jax.sharding.reshard(ztxt, jax.sharding.NamedSharding(mesh, spec))
-    body = functools.partial(_ring_local, axis=axis, n=n, global_b=global_b,
-                             with_accuracy=with_accuracy)
+    body = functools.partial(
+        _ring_local, axis=axis, n=n, global_b=global_b, with_accuracy=with_accuracy
+    )
     # Manual over every mesh axis; the embeddings are replicated over the non-batch axes
     # (e.g. 'tensor'), where each replica computes the same value.
     out_specs = (P(), (P(), P()) if with_accuracy else None)
-    fn = _shard_map(body, mesh=mesh,
-                    in_specs=(P(axis, None), P(axis, None), P(), P()),
-                    out_specs=out_specs)
+    fn = _shard_map(
+        body, mesh=mesh, in_specs=(P(axis, None), P(axis, None), P(), P()), out_specs=out_specs
+    )
     return fn(zimg, ztxt, t, b)
 
 
-def siglip_loss_ring(zimg: jax.Array, ztxt: jax.Array, logit_scale: Any, logit_bias: Any,
-                     *, mesh: jax.sharding.Mesh,
-                     batch_axes: str | Sequence[str] = ("data", "fsdp")) -> jax.Array:
+def siglip_loss_ring(
+    zimg: jax.Array,
+    ztxt: jax.Array,
+    logit_scale: Any,
+    logit_bias: Any,
+    *,
+    mesh: jax.sharding.Mesh,
+    batch_axes: str | Sequence[str] = ("data", "fsdp"),
+) -> jax.Array:
     """SigLIP loss over the global batch, computed as a device ring (same value and gradient).
 
     ``L = −(1/B) Σ_i Σ_j log σ(z_ij (t·<x_i, y_j> + b))``, ``z_ij = +1`` iff ``i == j``,
@@ -223,13 +239,15 @@ def siglip_loss_ring(zimg: jax.Array, ztxt: jax.Array, logit_scale: Any, logit_b
     Raises:
       ValueError: if B is not divisible by n, or an axis is not in the mesh.
     """
-    loss, _ = _siglip_ring(zimg, ztxt, logit_scale, logit_bias, mesh=mesh,
-                           batch_axes=batch_axes, with_accuracy=False)
+    loss, _ = _siglip_ring(
+        zimg, ztxt, logit_scale, logit_bias, mesh=mesh, batch_axes=batch_axes, with_accuracy=False
+    )
     return loss
 
 
-def siglip_loss_ring_with_accuracy(zimg, ztxt, logit_scale, logit_bias, *, mesh,
-                                   batch_axes=("data", "fsdp")):
+def siglip_loss_ring_with_accuracy(
+    zimg, ztxt, logit_scale, logit_bias, *, mesh, batch_axes=("data", "fsdp")
+):
     """:func:`siglip_loss_ring` plus in-batch top-1 retrieval accuracies from the same ring.
 
     Returns ``(loss, (i2t_acc, t2i_acc))``, float32 scalars. The accuracies equal
@@ -238,5 +256,6 @@ def siglip_loss_ring_with_accuracy(zimg, ztxt, logit_scale, logit_bias, *, mesh,
     each image keeps its running best text; each text carries its running best image around
     the ring.
     """
-    return _siglip_ring(zimg, ztxt, logit_scale, logit_bias, mesh=mesh,
-                        batch_axes=batch_axes, with_accuracy=True)
+    return _siglip_ring(
+        zimg, ztxt, logit_scale, logit_bias, mesh=mesh, batch_axes=batch_axes, with_accuracy=True
+    )

@@ -7,6 +7,7 @@ Typical use::
     variables = model.init(rng, images, tokens)          # boxed (logically partitioned)
     out = model.apply(variables, images, tokens)          # TwoTowerOutput
 """
+
 from alignjax.models.layers import LOGICAL_AXES, REMAT_POLICIES
 from alignjax.models.text import TextTransformer
 from alignjax.models.two_tower import (
@@ -21,7 +22,16 @@ from alignjax.models.variants import VIT_SIZES, parse_vit_variant
 from alignjax.models.vit import ViT
 
 __all__ = [
-    "build", "default_model_config", "resolve_model_config", "TwoTower", "TwoTowerOutput",
-    "ViT", "TextTransformer", "parse_vit_variant", "VIT_SIZES", "LOGICAL_AXES",
-    "REMAT_POLICIES", "l2_normalize",
+    "build",
+    "default_model_config",
+    "resolve_model_config",
+    "TwoTower",
+    "TwoTowerOutput",
+    "ViT",
+    "TextTransformer",
+    "parse_vit_variant",
+    "VIT_SIZES",
+    "LOGICAL_AXES",
+    "REMAT_POLICIES",
+    "l2_normalize",
 ]

@@ -14,6 +14,7 @@ Conventions used throughout ``alignjax.models``:
 * Activations are constrained to ``('batch', 'length', 'embed')`` at block boundaries, which
   is a no-op outside a ``nn.logical_axis_rules`` context.
 """
+
 from __future__ import annotations
 
 import functools
@@ -65,7 +66,8 @@ def remat_policy(name: Optional[str]):
     if name not in REMAT_POLICIES:
         raise ValueError(
             f"Unknown remat policy {name!r}. Valid: None or one of {', '.join(REMAT_POLICIES)} "
-            "(names from jax.checkpoint_policies).")
+            "(names from jax.checkpoint_policies)."
+        )
     return getattr(jax.checkpoint_policies, name)
 
 
@@ -101,10 +103,14 @@ def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype, eps: float) -> nn.La
     activations, which matters for parity with PyTorch checkpoints.
     """
     return nn.LayerNorm(
-        epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        use_fast_variance=False,
         scale_init=partitioned(nn.initializers.ones, ("embed",)),
         bias_init=partitioned(nn.initializers.zeros, ("embed",)),
-        name=name)
+        name=name,
+    )
 
 
 class HeadsIn(nn.Module):
@@ -126,10 +132,12 @@ class HeadsIn(nn.Module):
         shape = (x.shape[-1], self.num_heads, self.head_dim)
         # xavier over fan_in = D, fan_out = H*K (the fans of the equivalent [D, D] matrix).
         init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
-        w = self.param("kernel", partitioned(init, ("embed", "heads", "kv")), shape,
-                       self.param_dtype)
-        b = self.param("bias", partitioned(nn.initializers.zeros, ("heads", "kv")), shape[1:],
-                       self.param_dtype)
+        w = self.param(
+            "kernel", partitioned(init, ("embed", "heads", "kv")), shape, self.param_dtype
+        )
+        b = self.param(
+            "bias", partitioned(nn.initializers.zeros, ("heads", "kv")), shape[1:], self.param_dtype
+        )
         x, w, b = nn.dtypes.promote_dtype(x, w, b, dtype=self.dtype)
         return jnp.einsum("...d,dhk->...hk", x, w) + b
 
@@ -146,10 +154,15 @@ class HeadsOut(nn.Module):
     def __call__(self, x: Array) -> Array:
         shape = x.shape[-2:] + (self.features,)
         init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
-        w = self.param("kernel", partitioned(init, ("heads", "kv", "embed")), shape,
-                       self.param_dtype)
-        b = self.param("bias", partitioned(nn.initializers.zeros, ("embed",)),
-                       (self.features,), self.param_dtype)
+        w = self.param(
+            "kernel", partitioned(init, ("heads", "kv", "embed")), shape, self.param_dtype
+        )
+        b = self.param(
+            "bias",
+            partitioned(nn.initializers.zeros, ("embed",)),
+            (self.features,),
+            self.param_dtype,
+        )
         x, w, b = nn.dtypes.promote_dtype(x, w, b, dtype=self.dtype)
         return jnp.einsum("...hk,hkd->...d", x, w) + b
 
@@ -161,7 +174,8 @@ class Attention(nn.Module):
     ``o = softmax(q k^T / sqrt(K) + mask) v`` per head, ``y = o W_o + b_o`` with
     ``W_o: [H, K, D]``. The core is ``jax.nn.dot_product_attention`` (softmax in float32);
     ``attention_impl`` selects its implementation (None: let JAX choose, 'xla', or
-    'cudnn' for the fused flash kernel on NVIDIA GPUs, which needs bf16/fp16 compute).
+    'cudnn' for the fused flash kernel on NVIDIA GPUs; cuDNN needs bf16/fp16 compute and,
+    for its flash kernel, a head dim that is a multiple of 8 and at most 128).
 
     Attributes:
       num_heads: H; the width D must be divisible by it, K = D // H.
@@ -173,22 +187,41 @@ class Attention(nn.Module):
     attention_impl: Optional[str] = None
 
     @nn.compact
-    def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
-                 is_causal: bool = False) -> Array:
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_kv: Array,
+        mask: Optional[Array] = None,
+        is_causal: bool = False,
+    ) -> Array:
         """Args: inputs_q [B, T, D], inputs_kv [B, S, D]; mask bool broadcastable to
         [B, H, T, S] (True = attend); is_causal adds a lower-triangular mask (implementations
         such as cuDNN then skip the masked blocks). Returns [B, T, D] in ``dtype``."""
         check_attention_impl(self.attention_impl)
+        if self.attention_impl == "cudnn" and jnp.dtype(self.dtype) not in (
+            jnp.dtype(jnp.bfloat16),
+            jnp.dtype(jnp.float16),
+        ):
+            raise ValueError(
+                f"attention_impl='cudnn' needs bfloat16/float16 compute, got dtype={self.dtype}. "
+                "Set dtype='bfloat16' or attention_impl=None."
+            )
         width = inputs_q.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"Width {width} is not divisible by num_heads={self.num_heads}.")
-        proj = functools.partial(HeadsIn, self.num_heads, width // self.num_heads,
-                                 dtype=self.dtype, param_dtype=self.param_dtype)
-        q = proj(name="query")(inputs_q)    # [B, T, H, K]
-        k = proj(name="key")(inputs_kv)     # [B, S, H, K]
-        v = proj(name="value")(inputs_kv)   # [B, S, H, K]
+        proj = functools.partial(
+            HeadsIn,
+            self.num_heads,
+            width // self.num_heads,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        q = proj(name="query")(inputs_q)  # [B, T, H, K]
+        k = proj(name="key")(inputs_kv)  # [B, S, H, K]
+        v = proj(name="value")(inputs_kv)  # [B, S, H, K]
         o = jax.nn.dot_product_attention(
-            q, k, v, mask=mask, is_causal=is_causal, implementation=self.attention_impl)
+            q, k, v, mask=mask, is_causal=is_causal, implementation=self.attention_impl
+        )
         return HeadsOut(width, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(o)
 
 
@@ -204,13 +237,19 @@ class Mlp(nn.Module):
     def __call__(self, x: Array) -> Array:
         width = x.shape[-1]
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-        h = dense(self.mlp_dim, name="fc1",
-                  kernel_init=partitioned(nn.initializers.xavier_uniform(), ("embed", "mlp")),
-                  bias_init=partitioned(nn.initializers.zeros, ("mlp",)))(x)
+        h = dense(
+            self.mlp_dim,
+            name="fc1",
+            kernel_init=partitioned(nn.initializers.xavier_uniform(), ("embed", "mlp")),
+            bias_init=partitioned(nn.initializers.zeros, ("mlp",)),
+        )(x)
         h = activation(self.act)(h)
-        return dense(width, name="fc2",
-                     kernel_init=partitioned(nn.initializers.xavier_uniform(), ("mlp", "embed")),
-                     bias_init=partitioned(nn.initializers.zeros, ("embed",)))(h)
+        return dense(
+            width,
+            name="fc2",
+            kernel_init=partitioned(nn.initializers.xavier_uniform(), ("mlp", "embed")),
+            bias_init=partitioned(nn.initializers.zeros, ("embed",)),
+        )(h)
 
 
 class EncoderBlock(nn.Module):
@@ -234,13 +273,18 @@ class EncoderBlock(nn.Module):
     def __call__(self, x: Array, mask: Optional[Array] = None) -> tuple[Array, None]:
         x = constrain(x)
         y = layer_norm("ln_attn", self.dtype, self.param_dtype, self.ln_eps)(x)
-        y = Attention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-                      attention_impl=self.attention_impl, name="attn")(
-                          y, y, mask=mask, is_causal=self.causal)
+        y = Attention(
+            self.num_heads,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            attention_impl=self.attention_impl,
+            name="attn",
+        )(y, y, mask=mask, is_causal=self.causal)
         x = constrain(x + y)
         y = layer_norm("ln_mlp", self.dtype, self.param_dtype, self.ln_eps)(x)
-        y = Mlp(self.mlp_dim, act=self.act, dtype=self.dtype, param_dtype=self.param_dtype,
-                name="mlp")(y)
+        y = Mlp(
+            self.mlp_dim, act=self.act, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp"
+        )(y)
         return constrain(x + y), None
 
 
@@ -279,14 +323,25 @@ class Encoder(nn.Module):
             # Under scan, CSE across iterations cannot happen, so prevent_cse=False lets XLA
             # optimise more (flax docs); in a Python loop it must stay True.
             block = nn.remat(block, policy=policy, prevent_cse=not self.scan)
-        kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act,
-                  causal=self.causal, ln_eps=self.ln_eps, dtype=self.dtype,
-                  param_dtype=self.param_dtype, attention_impl=self.attention_impl)
+        kw = dict(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            act=self.act,
+            causal=self.causal,
+            ln_eps=self.ln_eps,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            attention_impl=self.attention_impl,
+        )
         if self.scan:
             stack = nn.scan(
-                block, variable_axes={"params": 0}, split_rngs={"params": True},
-                in_axes=nn.broadcast, length=self.depth,
-                metadata_params={nn.PARTITION_NAME: "layers"})
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=nn.broadcast,
+                length=self.depth,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
             x, _ = stack(**kw, name="blocks")(x, mask)
         else:
             for i in range(self.depth):
@@ -294,17 +349,22 @@ class Encoder(nn.Module):
         return layer_norm("encoder_norm", self.dtype, self.param_dtype, self.ln_eps)(x)
 
 
-def projection_head(out_dim: int, use_bias: bool, width: int, dtype: Dtype,
-                    param_dtype: Dtype, name: str = "head") -> nn.Dense:
+def projection_head(
+    out_dim: int, use_bias: bool, width: int, dtype: Dtype, param_dtype: Dtype, name: str = "head"
+) -> nn.Dense:
     """Linear map [.., D] -> [.., out_dim] into the joint embedding space.
 
     Init ``N(0, D^-1/2)`` as OpenAI CLIP's projections (so outputs have ~unit scale).
     """
     return nn.Dense(
-        out_dim, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=partitioned(nn.initializers.normal(stddev=width ** -0.5), ("embed", "joint")),
+        out_dim,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=partitioned(nn.initializers.normal(stddev=width**-0.5), ("embed", "joint")),
         bias_init=partitioned(nn.initializers.zeros, ("joint",)),
-        name=name)
+        name=name,
+    )
 
 
 def canonical_dtype(d: Any) -> Any:

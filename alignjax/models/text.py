@@ -8,6 +8,7 @@
   and the *last* position as the sentence feature. This relies on "sticky" EOS padding in the
   tokenizer (pad with the EOS id) so the last token is always EOS.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -64,44 +65,64 @@ class TextTransformer(nn.Module):
             raise ValueError(
                 f"Unknown text convention {self.convention!r}. Valid: {CONVENTIONS} "
                 "('clip': causal mask + EOT(argmax) pooling; 'big_vision': no mask + last "
-                "token pooling).")
+                "token pooling)."
+            )
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [B, L] ints, got shape {tokens.shape}.")
         b, length = tokens.shape
         if length > self.context_length:
             raise ValueError(
                 f"Token sequence length {length} exceeds context_length={self.context_length}; "
-                "tokenize to at most context_length tokens or raise context_length.")
+                "tokenize to at most context_length tokens or raise context_length."
+            )
         d = self.width
 
         x = nn.Embed(
-            self.vocab_size, d, dtype=self.dtype, param_dtype=self.param_dtype,
-            embedding_init=layers.partitioned(nn.initializers.normal(stddev=0.02),
-                                              ("vocab", "embed")),
-            name="token_embedding")(tokens)                              # [B, L, D]
+            self.vocab_size,
+            d,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            embedding_init=layers.partitioned(
+                nn.initializers.normal(stddev=0.02), ("vocab", "embed")
+            ),
+            name="token_embedding",
+        )(tokens)  # [B, L, D]
         # std 0.01 as OpenAI CLIP's text positional embedding.
-        pe = self.param("pos_embedding",
-                        layers.partitioned(nn.initializers.normal(stddev=0.01), (None, "embed")),
-                        (self.context_length, d), self.param_dtype)
+        pe = self.param(
+            "pos_embedding",
+            layers.partitioned(nn.initializers.normal(stddev=0.01), (None, "embed")),
+            (self.context_length, d),
+            self.param_dtype,
+        )
         x = x + pe[:length].astype(self.dtype)[None]
 
         clip = self.convention == "clip"
         x = layers.Encoder(
-            depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act,
-            causal=clip, ln_eps=self.ln_eps, remat=self.remat, scan=self.scan,
-            dtype=self.dtype, param_dtype=self.param_dtype,
-            attention_impl=self.attention_impl, name="encoder")(layers.constrain(x))
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            act=self.act,
+            causal=clip,
+            ln_eps=self.ln_eps,
+            remat=self.remat,
+            scan=self.scan,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            attention_impl=self.attention_impl,
+            name="encoder",
+        )(layers.constrain(x))
 
         if clip:
-            eot = jnp.argmax(tokens, axis=-1)                                    # [B]
-            pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]   # [B, D]
+            eot = jnp.argmax(tokens, axis=-1)  # [B]
+            pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]  # [B, D]
             mask = jnp.arange(length)[None, :] <= eot[:, None]
         else:
             pooled = x[:, -1]
             mask = tokens != self.pad_id
 
         if self.out_dim is not None:
-            head = layers.projection_head(self.out_dim, self.head_bias, d, self.dtype,
-                                          self.param_dtype)
+            head = layers.projection_head(
+                self.out_dim, self.head_bias, d, self.dtype, self.param_dtype
+            )
             pooled, x = head(pooled), head(x)
         return pooled, x, mask

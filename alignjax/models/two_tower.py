@@ -13,6 +13,7 @@ Parameter tree (top level): ``img/…`` (image tower, incl. its ``head``), ``txt
 tower, incl. its ``head``), ``log_scale`` and, when configured, ``logit_bias``. Heads live
 inside the towers so that ``img/.*`` selects everything image-side (LiT freezing).
 """
+
 from __future__ import annotations
 
 import copy
@@ -76,7 +77,8 @@ def _tower_kwargs(tower: str, cfg: Mapping[str, Any], embed_dim: int) -> dict[st
         raise ValueError(
             f"{tower}.head=False needs the {tower} tower width to equal embed_dim, but "
             f"{tower} width={kw['width']} and embed_dim={embed_dim}. Set {tower}.head=True "
-            f"or embed_dim={kw['width']}.")
+            f"or embed_dim={kw['width']}."
+        )
     kw["out_dim"] = embed_dim if head else None
     kw["head_bias"] = head_bias
     return kw
@@ -116,12 +118,16 @@ class TwoTower(nn.Module):
         self.log_scale = self.param(
             "log_scale",
             layers.partitioned(nn.initializers.constant(math.log(self.logit_scale_init)), ()),
-            (), jnp.float32)
+            (),
+            jnp.float32,
+        )
         if self.logit_bias_init is not None:
             self.logit_bias = self.param(
                 "logit_bias",
                 layers.partitioned(nn.initializers.constant(self.logit_bias_init), ()),
-                (), jnp.float32)
+                (),
+                jnp.float32,
+            )
 
     def _need(self, tower: str):
         if (self.image if tower == "img" else self.text) is None:
@@ -137,8 +143,14 @@ class TwoTower(nn.Module):
         self._need("txt")
         return l2_normalize(self.txt(tokens)[0])
 
-    def __call__(self, images: Optional[Array], tokens: Optional[Array], *,
-                 return_tokens: bool = False, train: bool = False) -> TwoTowerOutput:
+    def __call__(
+        self,
+        images: Optional[Array],
+        tokens: Optional[Array],
+        *,
+        return_tokens: bool = False,
+        train: bool = False,
+    ) -> TwoTowerOutput:
         """Embeds a batch of images and/or texts.
 
         Args:
@@ -167,11 +179,14 @@ class TwoTower(nn.Module):
                 out["txt_tokens"] = l2_normalize(toks)
                 out["txt_mask"] = mask
         return TwoTowerOutput(
-            zimg=out.get("zimg"), ztxt=out.get("ztxt"),
+            zimg=out.get("zimg"),
+            ztxt=out.get("ztxt"),
             logit_scale=jnp.exp(self.log_scale),
             logit_bias=self.logit_bias if self.logit_bias_init is not None else None,
-            img_tokens=out.get("img_tokens"), txt_tokens=out.get("txt_tokens"),
-            txt_mask=out.get("txt_mask"))
+            img_tokens=out.get("img_tokens"),
+            txt_tokens=out.get("txt_tokens"),
+            txt_mask=out.get("txt_mask"),
+        )
 
 
 # ----------------------------------------------------------------------------- config
@@ -185,25 +200,45 @@ def default_model_config() -> ml_collections.ConfigDict:
     ``patch_size`` for images), never both. The defaults are OpenAI CLIP B/16: image
     ``variant='B/16'``; text width 512, depth 12, mlp 2048, 8 heads (not a table entry).
     """
-    return ml_collections.ConfigDict(dict(
-        embed_dim=512,
-        logit_scale_init=1.0 / 0.07,   # multiplier t; CLIP 1/0.07, SigLIP 10.0
-        logit_bias_init=None,          # None: no bias (CLIP); SigLIP -10.0
-        quick_gelu=False,              # True for OpenAI CLIP weights
-        dtype="float32",               # compute dtype: 'float32' | 'bfloat16'
-        param_dtype="float32",
-        remat=None,                    # None | a jax.checkpoint_policies name
-        scan=False,                    # nn.scan over layers (params get a 'layers' axis)
-        attention_impl=None,           # None | 'xla' | 'cudnn'
-        image=dict(
-            variant="B/16", width=None, depth=None, mlp_dim=None, num_heads=None,
-            patch_size=None, posemb="learn", pool="tok", pre_norm=True,
-            head=True, head_bias=False),
-        text=dict(
-            variant=None, width=512, depth=12, mlp_dim=2048, num_heads=8,
-            vocab_size=49408, context_length=77, convention="clip", pad_id=0,
-            head=True, head_bias=False),
-    ))
+    return ml_collections.ConfigDict(
+        dict(
+            embed_dim=512,
+            logit_scale_init=1.0 / 0.07,  # multiplier t; CLIP 1/0.07, SigLIP 10.0
+            logit_bias_init=None,  # None: no bias (CLIP); SigLIP -10.0
+            quick_gelu=False,  # True for OpenAI CLIP weights
+            dtype="float32",  # compute dtype: 'float32' | 'bfloat16'
+            param_dtype="float32",
+            remat=None,  # None | a jax.checkpoint_policies name
+            scan=False,  # nn.scan over layers (params get a 'layers' axis)
+            attention_impl=None,  # None | 'xla' | 'cudnn'
+            image=dict(
+                variant="B/16",
+                width=None,
+                depth=None,
+                mlp_dim=None,
+                num_heads=None,
+                patch_size=None,
+                posemb="learn",
+                pool="tok",
+                pre_norm=True,
+                head=True,
+                head_bias=False,
+            ),
+            text=dict(
+                variant=None,
+                width=512,
+                depth=12,
+                mlp_dim=2048,
+                num_heads=8,
+                vocab_size=49408,
+                context_length=77,
+                convention="clip",
+                pad_id=0,
+                head=True,
+                head_bias=False,
+            ),
+        )
+    )
 
 
 _SIZE_KEYS = {"image": SIZE_FIELDS + ("patch_size",), "text": SIZE_FIELDS}
@@ -213,8 +248,10 @@ def _to_dict(cfg: Any) -> dict:
     if isinstance(cfg, ml_collections.ConfigDict):
         return cfg.to_dict()
     if isinstance(cfg, Mapping):
-        return {k: _to_dict(v) if isinstance(v, (Mapping, ml_collections.ConfigDict)) else v
-                for k, v in cfg.items()}
+        return {
+            k: _to_dict(v) if isinstance(v, (Mapping, ml_collections.ConfigDict)) else v
+            for k, v in cfg.items()
+        }
     raise ValueError(f"Model config must be a ConfigDict or dict, got {type(cfg).__name__}.")
 
 
@@ -225,7 +262,8 @@ def _check_keys(given: Mapping, valid: Mapping, where: str) -> None:
             hint = f" Did you mean '{where}{close[0]}'?" if close else ""
             raise ValueError(
                 f"Unknown model config field '{where}{k}'.{hint} Valid fields"
-                f"{' of ' + where.rstrip('.') if where else ''}: {', '.join(valid)}.")
+                f"{' of ' + where.rstrip('.') if where else ''}: {', '.join(valid)}."
+            )
 
 
 def _merge_with_defaults(config: Any) -> dict:
@@ -265,7 +303,8 @@ def _resolve_sizes(tower: str, cfg: dict) -> dict:
         if tower == "text" and "patch_size" in sizes:
             raise ValueError(
                 f"text.variant={variant!r} has a patch size; text towers take a bare size "
-                f"name, e.g. {variant.split('/')[0]!r}.")
+                f"name, e.g. {variant.split('/')[0]!r}."
+            )
         clash = {k: cfg[k] for k in keys if cfg.get(k) is not None and k in sizes}
         if clash:
             raise ValueError(
@@ -273,14 +312,16 @@ def _resolve_sizes(tower: str, cfg: dict) -> dict:
                 f"{', '.join(f'{k}={sizes[k]}' for k in clash)}, but the config also gives "
                 f"{', '.join(f'{tower}.{k}={v}' for k, v in clash.items())}. Use either the "
                 f"variant (and set those fields to None) or explicit sizes with "
-                f"{tower}.variant=None.")
+                f"{tower}.variant=None."
+            )
         cfg.update(sizes)
     missing = [k for k in keys if cfg.get(k) is None]
     if missing:
         raise ValueError(
             f"{tower} tower size is incomplete: {', '.join(f'{tower}.{k}' for k in missing)} "
             f"is None. Set {tower}.variant (e.g. {'B/16' if tower == 'image' else 'B'!r}) "
-            f"or all of {', '.join(keys)}.")
+            f"or all of {', '.join(keys)}."
+        )
     return cfg
 
 
@@ -298,6 +339,11 @@ def resolve_model_config(config: Any) -> dict:
     _check_choice("param_dtype", cfg["param_dtype"], ("float32",))
     _check_choice("remat", cfg["remat"], (None,) + layers.REMAT_POLICIES)
     _check_choice("attention_impl", cfg["attention_impl"], layers.ATTENTION_IMPLS)
+    if cfg["attention_impl"] == "cudnn" and cfg["dtype"] != "bfloat16":
+        raise ValueError(
+            f"attention_impl='cudnn' needs dtype='bfloat16' (cuDNN fused attention has no "
+            f"float32 kernel), got dtype={cfg['dtype']!r}."
+        )
     _check_choice("image.posemb", cfg["image"]["posemb"], POSEMBS)
     _check_choice("image.pool", cfg["image"]["pool"], POOLS)
     _check_choice("text.convention", cfg["text"]["convention"], CONVENTIONS)
@@ -322,13 +368,17 @@ def build(config: Any = None) -> TwoTower:
     cfg = resolve_model_config({} if config is None else config)
     common = dict(
         act="quick_gelu" if cfg["quick_gelu"] else "gelu",
-        remat=cfg["remat"], scan=cfg["scan"], attention_impl=cfg["attention_impl"],
+        remat=cfg["remat"],
+        scan=cfg["scan"],
+        attention_impl=cfg["attention_impl"],
         dtype=layers.canonical_dtype(cfg["dtype"]),
-        param_dtype=layers.canonical_dtype(cfg["param_dtype"]))
+        param_dtype=layers.canonical_dtype(cfg["param_dtype"]),
+    )
     return TwoTower(
         embed_dim=cfg["embed_dim"],
         # FrozenDicts keep the module hashable (usable as a static jit argument).
         image=flax.core.FrozenDict({**cfg["image"], **common}),
         text=flax.core.FrozenDict({**cfg["text"], **common}),
         logit_scale_init=float(cfg["logit_scale_init"]),
-        logit_bias_init=None if cfg["logit_bias_init"] is None else float(cfg["logit_bias_init"]))
+        logit_bias_init=None if cfg["logit_bias_init"] is None else float(cfg["logit_bias_init"]),
+    )

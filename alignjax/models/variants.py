@@ -8,6 +8,7 @@ width/depth/mlp_dim/num_heads without a patch size.
 Note that OpenAI CLIP's text towers are *not* in this table: CLIP B/16's text tower is
 width 512, 8 heads, 12 layers (spell those out explicitly).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -57,14 +58,16 @@ def parse_vit_variant(variant: str) -> dict[str, Any]:
     if m is None:
         raise ValueError(
             f"Malformed variant {variant!r}: expected '<size>' or '<size>/<patch>', "
-            f"e.g. 'B/16', 'So400m/14', 'L'. Valid sizes: {', '.join(VIT_SIZES)}.")
+            f"e.g. 'B/16', 'So400m/14', 'L'. Valid sizes: {', '.join(VIT_SIZES)}."
+        )
     name, patch = m.group("name"), m.group("patch")
     if name not in VIT_SIZES:
         close = difflib.get_close_matches(name, list(VIT_SIZES), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
             f"Unknown model size {name!r} in variant {variant!r}.{hint} "
-            f"Valid sizes: {', '.join(VIT_SIZES)}.")
+            f"Valid sizes: {', '.join(VIT_SIZES)}."
+        )
     out: dict[str, Any] = dict(zip(SIZE_FIELDS, VIT_SIZES[name]))
     if patch is not None:
         if int(patch) <= 0:

@@ -12,6 +12,7 @@ Pipeline for images ``[B, H, W, C]`` (NHWC, any value range the data pipeline ch
    ('map', SigLIP);
 7. optional linear ``head`` (``out_dim``) applied to pooled and token features alike.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -66,14 +67,23 @@ class MAPHead(nn.Module):
     def __call__(self, x: Array) -> Array:
         b, _, d = x.shape
         probe = self.param(
-            "probe", layers.partitioned(nn.initializers.xavier_uniform(), (None, None, "embed")),
-            (1, 1, d), self.param_dtype)
+            "probe",
+            layers.partitioned(nn.initializers.xavier_uniform(), (None, None, "embed")),
+            (1, 1, d),
+            self.param_dtype,
+        )
         q = jnp.broadcast_to(probe.astype(self.dtype), (b, 1, d))
-        y = layers.Attention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-                             attention_impl=self.attention_impl, name="attn")(q, x)
+        y = layers.Attention(
+            self.num_heads,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            attention_impl=self.attention_impl,
+            name="attn",
+        )(q, x)
         z = layers.layer_norm("ln", self.dtype, self.param_dtype, self.ln_eps)(y)
-        y = y + layers.Mlp(self.mlp_dim, act=self.act, dtype=self.dtype,
-                           param_dtype=self.param_dtype, name="mlp")(z)
+        y = y + layers.Mlp(
+            self.mlp_dim, act=self.act, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp"
+        )(z)
         return y[:, 0]
 
 
@@ -124,25 +134,34 @@ class ViT(nn.Module):
             raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}.")
         p = self.patch_size
         if images.shape[1] % p or images.shape[2] % p:
-            raise ValueError(
-                f"Image size {images.shape[1:3]} is not divisible by patch_size={p}.")
+            raise ValueError(f"Image size {images.shape[1:3]} is not divisible by patch_size={p}.")
         d = self.width
 
         x = nn.Conv(
-            d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+            d,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                           (None, None, None, "embed")),
+            kernel_init=layers.partitioned(
+                nn.initializers.lecun_normal(), (None, None, None, "embed")
+            ),
             bias_init=layers.partitioned(nn.initializers.zeros, ("embed",)),
-            name="embedding")(images.astype(self.dtype))
+            name="embedding",
+        )(images.astype(self.dtype))
         b, gh, gw, _ = x.shape
-        x = x.reshape(b, gh * gw, d)                                  # [B, N, D]
+        x = x.reshape(b, gh * gw, d)  # [B, N, D]
         n = gh * gw
         tok = self.pool == "tok"
 
         if tok:
-            cls = self.param("cls", layers.partitioned(nn.initializers.zeros, (None, None, "embed")),
-                             (1, 1, d), self.param_dtype)
+            cls = self.param(
+                "cls",
+                layers.partitioned(nn.initializers.zeros, (None, None, "embed")),
+                (1, 1, d),
+                self.param_dtype,
+            )
             cls = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, d))
 
         if self.posemb == "learn":
@@ -152,7 +171,9 @@ class ViT(nn.Module):
             pe = self.param(
                 "pos_embedding",
                 layers.partitioned(nn.initializers.normal(stddev=0.02), (None, None, "embed")),
-                (1, n + int(tok), d), self.param_dtype).astype(self.dtype)
+                (1, n + int(tok), d),
+                self.param_dtype,
+            ).astype(self.dtype)
             if tok:
                 x = jnp.concatenate([cls, x], axis=1) + pe
             else:
@@ -166,10 +187,19 @@ class ViT(nn.Module):
             x = layers.layer_norm("ln_pre", self.dtype, self.param_dtype, self.ln_eps)(x)
 
         x = layers.Encoder(
-            depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act,
-            causal=False, ln_eps=self.ln_eps, remat=self.remat, scan=self.scan,
-            dtype=self.dtype, param_dtype=self.param_dtype,
-            attention_impl=self.attention_impl, name="encoder")(layers.constrain(x))
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            act=self.act,
+            causal=False,
+            ln_eps=self.ln_eps,
+            remat=self.remat,
+            scan=self.scan,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            attention_impl=self.attention_impl,
+            name="encoder",
+        )(layers.constrain(x))
 
         if tok:
             pooled, tokens = x[:, 0], x[:, 1:]
@@ -177,14 +207,21 @@ class ViT(nn.Module):
             # mean in float32: a bf16 sum over hundreds of tokens loses precision.
             pooled, tokens = jnp.mean(x.astype(jnp.float32), axis=1).astype(self.dtype), x
         else:
-            pooled = MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act,
-                             ln_eps=self.ln_eps, dtype=self.dtype,
-                             param_dtype=self.param_dtype,
-                             attention_impl=self.attention_impl, name="map_head")(x)
+            pooled = MAPHead(
+                num_heads=self.num_heads,
+                mlp_dim=self.mlp_dim,
+                act=self.act,
+                ln_eps=self.ln_eps,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                attention_impl=self.attention_impl,
+                name="map_head",
+            )(x)
             tokens = x
 
         if self.out_dim is not None:
-            head = layers.projection_head(self.out_dim, self.head_bias, d, self.dtype,
-                                          self.param_dtype)
+            head = layers.projection_head(
+                self.out_dim, self.head_bias, d, self.dtype, self.param_dtype
+            )
             pooled, tokens = head(pooled), head(tokens)
         return pooled, tokens
