@@ -62,3 +62,18 @@ def test_config_trains_two_steps(tmp_path, name, arg):
 def test_demo_rejects_unknown_argument():
     with pytest.raises(ValueError, match='siglip'):
         load('demo', 'sigmoid')
+
+
+def test_demo_tokenizer_has_no_collisions_on_the_dataset_vocabulary():
+    """A hashed-word collision silently ties two words (at vocab 1024 'hoops' == 'pair',
+    which tied the ring class to every two-object image and sank shape zero-shot)."""
+    from alignjax.data import ShapesDataset, build_tokenizer
+
+    c = load('demo')
+    tok = build_tokenizer(c.tokenizer)
+    special = {0, tok.bos_id, tok.eos_id}
+    ids = {}
+    for word in ShapesDataset.vocabulary():
+        body = tuple(int(x) for x in tok([word])[0] if int(x) not in special)
+        assert body not in ids, f'{word!r} and {ids[body]!r} share token ids {body}'
+        ids[body] = word
