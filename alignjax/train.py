@@ -53,17 +53,19 @@ class TrainState:
 # State creation.
 
 
-def _opt_state_shardings(abstract_opt_state, param_paths_to_sharding, mesh):
+def _opt_state_shardings(abstract_opt_state, params_by_path, mesh):
     """Shards each optimizer-state leaf like the parameter whose path ends its own path.
 
-    optax states mirror the parameter tree (e.g. `.../mu/img/embedding/kernel`), so Adam's
+    optax states mirror the parameter tree (e.g. `1/0/mu/img/embedding/kernel`), so Adam's
     moments get their parameter's sharding; counters and the like are replicated.
+    `params_by_path` maps '/'-joined parameter paths to (shape, sharding).
     """
 
     def one(path, leaf):
-        p = optim.path_str(path)
-        for param_path, (shape, sharding) in param_paths_to_sharding.items():
-            if (p == param_path or p.endswith('/' + param_path)) and tuple(leaf.shape) == shape:
+        parts = optim.path_str(path).split('/')
+        for i in range(len(parts)):  # Longest suffix first.
+            shape, sharding = params_by_path.get('/'.join(parts[i:]), (None, None))
+            if shape == tuple(leaf.shape):
                 return sharding
         return parallel.replicated(mesh)
 
@@ -78,37 +80,44 @@ def init_inputs(config: ConfigDict, batch: int) -> tuple[jax.ShapeDtypeStruct, .
     )
 
 
+def abstract_params(model: nn.Module, config: ConfigDict, mesh: jax.sharding.Mesh):
+    """(abstract params, their shardings) from one abstract trace of `model.init`."""
+    images, tokens = init_inputs(config, parallel.batch_size_per_shard(mesh))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
+        boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), images, tokens)['params'])
+    return nn.unbox(boxed), parallel.param_shardings(boxed, mesh)
+
+
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, config: ConfigDict, mesh: jax.sharding.Mesh
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    config: ConfigDict,
+    mesh: jax.sharding.Mesh,
+    params: Any,
+    param_shardings: Any,
 ):
     """Returns (abstract_state, state_shardings, init_fn).
 
-    `init_fn()` creates the state directly in its sharded layout: no host ever holds the
-    full parameters (jit with out_shardings).
+    `params` and `param_shardings` come from `abstract_params`. `init_fn()` creates the
+    state directly in its sharded layout: no host ever holds the full parameters (jit with
+    out_shardings).
     """
-    n = parallel.batch_size_per_shard(mesh)
-    images, tokens = init_inputs(config, n)
-
-    def boxed_params(rng):
-        return model.init(rng, images, tokens)['params']
-
-    with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
-        abstract_boxed = jax.eval_shape(boxed_params, jax.random.key(0))
-    param_sh = parallel.param_shardings(abstract_boxed, mesh)
-    abstract_params = nn.unbox(abstract_boxed)
-    paths = jax.tree_util.tree_leaves(optim.tree_paths(abstract_params))
-    flat = zip(
-        paths, jax.tree_util.tree_leaves(abstract_params), jax.tree_util.tree_leaves(param_sh)
-    )
+    images, tokens = init_inputs(config, parallel.batch_size_per_shard(mesh))
+    paths = jax.tree_util.tree_leaves(optim.tree_paths(params))
+    flat = zip(paths, jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(param_shardings))
     by_path = {p: (tuple(a.shape), s) for p, a, s in flat}
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_sh = _opt_state_shardings(abstract_opt, by_path, mesh)
+    abstract_opt = jax.eval_shape(tx.init, params)
     rep = parallel.replicated(mesh)
-    shardings = TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
+    shardings = TrainState(
+        step=rep,
+        params=param_shardings,
+        opt_state=_opt_state_shardings(abstract_opt, by_path, mesh),
+        rng=rep,
+    )
 
     def make_state(seed):
         init_rng, train_rng = jax.random.split(jax.random.key(seed))
-        params = nn.unbox(boxed_params(init_rng))
+        params = nn.unbox(model.init(init_rng, images, tokens)['params'])
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -120,7 +129,12 @@ def create_train_state(
         with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
             return jax.jit(make_state, static_argnums=0, out_shardings=shardings)(config.seed)
 
-    abstract_state = jax.eval_shape(lambda: make_state(config.seed))
+    abstract_state = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=params,
+        opt_state=abstract_opt,
+        rng=jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
+    )
     abstract_state = checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
     return abstract_state, shardings, init_fn
 
@@ -365,11 +379,11 @@ def build_trainer(config: ConfigDict, devices=None) -> Trainer:
     model = models.build(config.model)
     loss_fn = losses.build(config.loss, mesh)
     optim_config = ConfigDict(dict(config.optim.to_dict(), total_steps=config.total_steps))
-    abstract_params = nn.unbox(
-        jax.eval_shape(lambda: model.init(jax.random.key(0), *init_inputs(config, 1))['params'])
+    params, param_sh = abstract_params(model, config, mesh)
+    tx, schedule = optim.make_optimizer(optim_config, params)
+    abstract_state, state_sh, init_fn = create_train_state(
+        model, tx, config, mesh, params, param_sh
     )
-    tx, schedule = optim.make_optimizer(optim_config, abstract_params)
-    abstract_state, state_sh, init_fn = create_train_state(model, tx, config, mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
         step_fn = jit_train_step(
             make_train_step(model, loss_fn, tx, schedule, config), state_sh, mesh

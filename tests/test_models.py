@@ -4,8 +4,6 @@ All models are tiny (width 32, depth <= 2, 16 px images) so the file runs in wel
 minute on 2 CPU cores.
 """
 
-import re
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

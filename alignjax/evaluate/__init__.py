@@ -8,3 +8,14 @@ from alignjax.evaluate.evaluators import (
     build_evaluators,
 )
 from alignjax.evaluate.metrics import retrieval_metrics, topk_hits, zero_shot_metrics
+
+__all__ = [
+    'EVALUATORS',
+    'Embedder',
+    'RetrievalEvaluator',
+    'ZeroShotEvaluator',
+    'build_evaluators',
+    'retrieval_metrics',
+    'topk_hits',
+    'zero_shot_metrics',
+]

@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -111,15 +110,14 @@ def _load_split(cfg: ConfigDict, image_size: int, tokenizer, normalize: str, see
 class _Evaluator:
     kind = ''
 
-    def __init__(self, name: str, cfg: ConfigDict, config: ConfigDict, model, tokenizer, mesh):
+    def __init__(self, name: str, cfg: ConfigDict, config: ConfigDict, tokenizer, embedder, split):
+        """`embedder` and `split` ((source, arrays) from `_load_split`) may be shared."""
         self.name = name
         self.cfg = cfg
         self.every_steps = cfg.every_steps or config.eval_every_steps
         self.tokenizer = tokenizer
-        self.embedder = Embedder(model, mesh, cfg.batch_size)
-        self.source, self.arrays = _load_split(
-            cfg, config.data.image_size, tokenizer, config.data.normalize, config.seed
-        )
+        self.embedder = embedder
+        self.source, self.arrays = split
 
     def due(self, step: int) -> bool:
         return bool(self.every_steps) and step % self.every_steps == 0
@@ -188,12 +186,27 @@ EVALUATORS = {cls.kind: cls for cls in (ZeroShotEvaluator, RetrievalEvaluator)}
 
 
 def build_evaluators(config: ConfigDict, model: nn.Module, tokenizer, mesh) -> list[Any]:
-    """One evaluator per entry of `config.evals`, fields validated."""
-    out = []
+    """One evaluator per entry of `config.evals`, fields validated.
+
+    Evaluators reading the same split share its host arrays (rendered/decoded once), and
+    those with the same batch size share one compiled `Embedder`.
+    """
+    out, splits, embedders = [], {}, {}
     for name, ev in config.evals.items():
         config_lib.check_choice(ev.get('type'), list(EVALUATORS), f'evals.{name}.type')
         fields = _FIELDS[ev['type']]
         config_lib.check_fields(ev, fields, f'evals.{name}')
         cfg = ConfigDict(dict(fields, **ev.to_dict()))
-        out.append(EVALUATORS[cfg.type](name, cfg, config, model, tokenizer, mesh))
+        split_key = (cfg.data, cfg.split, cfg.num_examples)
+        if split_key not in splits:
+            splits[split_key] = _load_split(
+                cfg, config.data.image_size, tokenizer, config.data.normalize, config.seed
+            )
+        if cfg.batch_size not in embedders:
+            embedders[cfg.batch_size] = Embedder(model, mesh, cfg.batch_size)
+        out.append(
+            EVALUATORS[cfg.type](
+                name, cfg, config, tokenizer, embedders[cfg.batch_size], splits[split_key]
+            )
+        )
     return out
