@@ -10,10 +10,18 @@ Typical use::
     state = it.get_state()                # JSON-able; it.set_state(state) resumes exactly
     evals = data.make_eval_batches(data.get_source('synthetic:shapes', 'test'),
                                    tokenizer=tok, batch_size=256)
+
+Real data: ``get_source('csv:/data/cc3m.tsv?caption_key=caption', 'train', image_size=224)``,
+``'jsonl:...'``, ``'tfds:coco_captions'``, ``'wds:/shards/{00000..00999}.tar'`` and
+``'mix:0.7*SPEC;0.3*SPEC'`` (docs/DATA.md). ``it.skipped_counts()`` counts bad examples.
 """
 
+from alignjax.data.csv_source import TableSource
+from alignjax.data.decode import SKIP_REASONS, SkipExample, clean_caption, decode_image
+from alignjax.data.mixture import MixtureSource, MixtureStream
 from alignjax.data.pipeline import (
     EvalBatches,
+    ExampleProcessor,
     LoadExample,
     TrainIterator,
     make_eval_batches,
@@ -21,6 +29,7 @@ from alignjax.data.pipeline import (
 )
 from alignjax.data.sources import SOURCES, get_source, parse_spec, register_source
 from alignjax.data.synthetic import ATTRIBUTES, COLOR_RGB, ShapesDataset
+from alignjax.data.tfds_source import ImageTextFolder, TfdsSource
 from alignjax.data.tokenizers import (
     TOKENIZERS,
     ByteTokenizer,
@@ -31,37 +40,55 @@ from alignjax.data.tokenizers import (
     default_tokenizer_config,
 )
 from alignjax.data.transforms import (
+    CROPS,
     NORMALIZATIONS,
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     FlattenLabels,
     KeepArrays,
     NormalizeImage,
+    Preprocess,
     TokenizeText,
+    crop_resize,
     normalize_image,
 )
+from alignjax.data.wds import WdsSource
 
 __all__ = [
     "ATTRIBUTES",
     "COLOR_RGB",
-    "ByteTokenizer",
-    "EvalBatches",
-    "FlattenLabels",
-    "KeepArrays",
-    "LoadExample",
+    "CROPS",
     "NORMALIZATIONS",
-    "NormalizeImage",
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
+    "SKIP_REASONS",
     "SOURCES",
+    "TOKENIZERS",
+    "ByteTokenizer",
+    "EvalBatches",
+    "ExampleProcessor",
+    "FlattenLabels",
+    "ImageTextFolder",
+    "KeepArrays",
+    "LoadExample",
+    "MixtureSource",
+    "MixtureStream",
+    "NormalizeImage",
+    "Preprocess",
     "SentencePieceTokenizer",
     "ShapesDataset",
-    "TOKENIZERS",
+    "SkipExample",
+    "TableSource",
+    "TfdsSource",
     "TokenizeText",
     "Tokenizer",
     "TrainIterator",
+    "WdsSource",
     "WordHashTokenizer",
     "build_tokenizer",
+    "clean_caption",
+    "crop_resize",
+    "decode_image",
     "default_tokenizer_config",
     "get_source",
     "make_eval_batches",

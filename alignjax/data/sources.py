@@ -6,17 +6,24 @@ win). Every source is a grain random-access source (``__len__``, ``__getitem__``
 ``{'image': uint8 [H, W, 3], 'caption': str, ...}`` examples.
 
 Schemes register a factory ``fn(name, split, **kwargs) -> source`` in ``SOURCES``
-(``register_source``); ``tfds:``, ``wds:`` and ``csv:`` are planned.
+(``register_source``). Built in (grammar and parameters: docs/DATA.md):
+
+- ``synthetic:shapes`` -- the embedded shapes dataset (``synthetic.ShapesDataset``);
+- ``csv:PATH`` / ``jsonl:PATH`` -- image paths + captions (``csv_source.TableSource``);
+- ``tfds:NAME[/CONFIG][:VERSION]`` -- prepared ArrayRecord TFDS data (``tfds_source``);
+- ``wds:PATTERN`` -- WebDataset tar shards, a stream (``wds.WdsSource``);
+- ``mix:W1*SPEC1;W2*SPEC2`` -- weighted mixtures (``mixture``).
 """
 
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from alignjax.data import synthetic
 
-__all__ = ["get_source", "register_source", "parse_spec", "SOURCES"]
+__all__ = ["SOURCES", "get_source", "parse_spec", "register_source"]
 
 SOURCES: dict[str, Callable[..., Any]] = {}
 
@@ -63,9 +70,15 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
 def get_source(spec: str, split: str, **kwargs):
     """Builds the source named by ``spec`` for ``split``.
 
+    ``kwargs`` (e.g. ``image_size``, ``seed`` from the trainer) override the spec's query
+    parameters; ``None`` values are dropped (they mean "the source's default").
+
     Raises:
       ValueError: unknown scheme or name (the message lists the valid ones).
     """
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if spec.startswith("mix:"):
+        return _mixture(spec[len("mix:") :], split, **kwargs)
     scheme, name, params = parse_spec(spec)
     if scheme not in SOURCES:
         raise ValueError(
@@ -83,3 +96,48 @@ def _synthetic(name: str, split: str, **kwargs):
     if name not in _SYNTHETIC:
         raise ValueError(f"Unknown synthetic dataset {name!r}; valid: {sorted(_SYNTHETIC)}.")
     return _SYNTHETIC[name](split=split, **kwargs)
+
+
+def _mixture(body: str, split: str, **kwargs):
+    from alignjax.data import mixture  # pylint: disable=g-import-not-at-top
+
+    block = kwargs.pop("block", 1000)
+    parts = mixture.parse_mixture(body)
+    comps = [get_source(spec, split, **kwargs) for _, spec in parts]
+    weights = [w for w, _ in parts]
+    streams = [getattr(c, "is_stream", False) for c in comps]
+    if all(streams):
+        return mixture.MixtureStream(comps, weights, block=block)
+    if any(streams):
+        raise ValueError(
+            f"mix:{body} mixes streams (wds:) with random-access sources; mix only one kind."
+        )
+    return mixture.MixtureSource(comps, weights, block=block)
+
+
+@register_source("csv")
+def _csv(name: str, split: str, **kwargs):
+    from alignjax.data import csv_source  # pylint: disable=g-import-not-at-top
+
+    return csv_source.TableSource(name, split, fmt="csv", **kwargs)
+
+
+@register_source("jsonl")
+def _jsonl(name: str, split: str, **kwargs):
+    from alignjax.data import csv_source  # pylint: disable=g-import-not-at-top
+
+    return csv_source.TableSource(name, split, fmt="jsonl", **kwargs)
+
+
+@register_source("tfds")
+def _tfds(name: str, split: str, **kwargs):
+    from alignjax.data import tfds_source  # pylint: disable=g-import-not-at-top
+
+    return tfds_source.TfdsSource(name, split, **kwargs)
+
+
+@register_source("wds")
+def _wds(name: str, split: str, **kwargs):
+    from alignjax.data import wds  # pylint: disable=g-import-not-at-top
+
+    return wds.WdsSource(name, split, **kwargs)
