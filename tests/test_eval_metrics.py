@@ -63,3 +63,77 @@ def test_retrieval_perfect_and_reversed():
     assert m['image_retrieval_recall@1'] == 1.0 and m['text_retrieval_recall@1'] == 1.0
     m = retrieval_metrics(-np.eye(4), np.arange(4), ks=(1, 3, 4))
     assert m['text_retrieval_recall@3'] == 0.0 and m['text_retrieval_recall@4'] == 1.0
+
+
+# --------------------------------------------------------------------------------------
+# On-device ranks (alignjax.evaluate.ranks) give exactly the dense metrics.
+
+from alignjax import parallel
+from alignjax.evaluate import (
+    positive_ranks,
+    retrieval_metrics_from_ranks,
+    zero_shot_metrics_from_ranks,
+)
+
+
+@pytest.fixture(scope='module')
+def mesh():
+    return parallel.make_mesh(dict(data=4, fsdp=2, tensor=1))
+
+
+def _chunked_retrieval(zimg, ztxt, img_of_text, mesh, ks, chunk=5):
+    images = np.arange(zimg.shape[0])
+    t2i = positive_ranks(ztxt, img_of_text, zimg, images, mesh, chunk_size=chunk)
+    i2t = positive_ranks(zimg, images, ztxt, img_of_text, mesh, chunk_size=chunk)
+    return retrieval_metrics_from_ranks(t2i, i2t, ks)
+
+
+def test_hand_computed_retrieval_on_device(mesh):
+    # The hand-computed case above, as embeddings: sim = zimg @ ztxt.T with exact floats.
+    zimg = np.eye(2, dtype=np.float32)
+    ztxt = np.array([[0.1, 0.9], [0.9, 0.1], [0.8, 0.2], [0.0, 0.3]], np.float32)
+    img_of_text = np.array([0, 0, 1, 1])
+    m = _chunked_retrieval(zimg, ztxt, img_of_text, mesh, ks=(1, 2))
+    assert m == retrieval_metrics(zimg @ ztxt.T, img_of_text, ks=(1, 2))
+    assert m['text_retrieval_recall@1'] == 0.5 and m['image_retrieval_recall@1'] == 0.5
+
+
+@pytest.mark.parametrize('quantised', [True, False])
+def test_chunked_ranks_equal_dense_metrics(mesh, quantised):
+    """Random data with several captions per image; quantised embeddings force many ties."""
+    rng = np.random.default_rng(0)
+    zimg, ztxt = rng.normal(size=(13, 6)), rng.normal(size=(37, 6))
+    if quantised:  # Multiples of 1/4: every dot product is exact in float32, ties abound.
+        zimg, ztxt = np.round(zimg * 2) / 4, np.round(ztxt * 2) / 4
+        ztxt[5], zimg[3] = ztxt[4], zimg[2]
+    zimg, ztxt = zimg.astype(np.float32), ztxt.astype(np.float32)
+    img_of_text = rng.integers(0, 13, size=37)
+    img_of_text[:13] = np.arange(13)
+    ks = (1, 2, 5, 10)
+    dense = retrieval_metrics(zimg.astype(np.float64) @ ztxt.T.astype(np.float64), img_of_text, ks)
+    assert _chunked_retrieval(zimg, ztxt, img_of_text, mesh, ks) == dense
+
+
+def test_ties_on_device_go_to_the_lower_index(mesh):
+    q = np.ones((1, 2), np.float32)
+    g = np.ones((3, 2), np.float32)  # Three identical gallery items.
+    for target, rank in [(0, 0), (1, 1), (2, 2)]:
+        assert positive_ranks(q, np.array([target]), g, np.arange(3), mesh).tolist() == [rank]
+
+
+def test_zero_shot_from_ranks_equals_dense_with_fewer_than_5_classes(mesh):
+    rng = np.random.default_rng(1)
+    zimg = np.round(rng.normal(size=(40, 4)) * 2).astype(np.float32) / 4
+    classes = np.round(rng.normal(size=(3, 4)) * 2).astype(np.float32) / 4
+    labels = rng.integers(0, 3, size=40)
+    r = positive_ranks(zimg, labels, classes, np.arange(3), mesh, chunk_size=16)
+    m = zero_shot_metrics_from_ranks(r, labels)
+    assert m == zero_shot_metrics(zimg @ classes.T, labels)
+    assert m['acc5'] == 1.0  # k capped at the 3 classes
+
+
+def test_query_without_positive_never_hits(mesh):
+    r = positive_ranks(
+        np.ones((1, 2), np.float32), np.array([7]), np.eye(2, dtype=np.float32), np.arange(2), mesh
+    )
+    assert r.tolist() == [2]

@@ -1,21 +1,43 @@
-"""Evaluation: zero-shot classification and retrieval with CLIP_benchmark's metric names."""
+"""Evaluation: zero-shot classification, retrieval, linear probe and embedding geometry.
 
-from alignjax.evaluate.evaluators import (
-    EVALUATORS,
-    Embedder,
-    RetrievalEvaluator,
-    ZeroShotEvaluator,
-    build_evaluators,
+Metric names and semantics are LAION CLIP_benchmark's (`acc1`, `acc5`,
+`mean_per_class_recall`, `image_retrieval_recall@k`, `text_retrieval_recall@k`). See
+docs/EVALUATION.md; `python -m alignjax.evaluate --workdir DIR` evaluates a checkpoint.
+"""
+
+from alignjax.evaluate.embed import Embedder, EvalSplit
+from alignjax.evaluate.evaluators import EVALUATORS, build_evaluators
+from alignjax.evaluate.geometry import alignment, geometry_metrics, modality_gap, uniformity
+from alignjax.evaluate.linear_probe import LinearProbeEvaluator, fit_logistic_regression
+from alignjax.evaluate.metrics import (
+    retrieval_metrics,
+    retrieval_metrics_from_ranks,
+    topk_hits,
+    zero_shot_metrics,
+    zero_shot_metrics_from_ranks,
 )
-from alignjax.evaluate.metrics import retrieval_metrics, topk_hits, zero_shot_metrics
+from alignjax.evaluate.ranks import positive_ranks
+from alignjax.evaluate.retrieval import GeometryEvaluator, RetrievalEvaluator
+from alignjax.evaluate.zero_shot import ZeroShotEvaluator
 
 __all__ = [
     'EVALUATORS',
     'Embedder',
+    'EvalSplit',
+    'GeometryEvaluator',
+    'LinearProbeEvaluator',
     'RetrievalEvaluator',
     'ZeroShotEvaluator',
+    'alignment',
     'build_evaluators',
+    'fit_logistic_regression',
+    'geometry_metrics',
+    'modality_gap',
+    'positive_ranks',
     'retrieval_metrics',
+    'retrieval_metrics_from_ranks',
     'topk_hits',
+    'uniformity',
     'zero_shot_metrics',
+    'zero_shot_metrics_from_ranks',
 ]

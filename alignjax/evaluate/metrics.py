@@ -12,11 +12,15 @@ per image allowed):
     captions in the image's top k captions.
 Ties count in the query's favour only if the true item is ranked within k by a stable
 sort of the scores (descending), which matches top-k selection on ties by lower index.
+
+The dense functions (`zero_shot_metrics`, `retrieval_metrics`) take a full score matrix on
+the host and are the reference; the evaluators compute the same numbers from the ranks of
+`alignjax.evaluate.ranks.positive_ranks` (`*_from_ranks`), which never form that matrix.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -58,4 +62,36 @@ def retrieval_metrics(
         rank_of_positive[i] = min(rank_of_positive[i], ranks[i, j])
     for k in ks:
         out[f'text_retrieval_recall@{k}'] = float((rank_of_positive < k).mean())
+    return out
+
+
+def zero_shot_metrics_from_ranks(
+    ranks: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5)
+) -> dict[str, float]:
+    """Same as `zero_shot_metrics` from `ranks[i]` = rank of the true class of image i.
+
+    A rank is always < the number of classes C, so acc@k with k > C is 1: k is capped at C.
+    """
+    ranks, labels = np.asarray(ranks), np.asarray(labels)
+    top1 = ranks < 1
+    out = {f'acc{k}': float((ranks < k).mean()) for k in ks}
+    out['mean_per_class_recall'] = float(
+        np.mean([top1[labels == c].mean() for c in np.unique(labels)])
+    )
+    return out
+
+
+def retrieval_metrics_from_ranks(
+    text_to_image_ranks: np.ndarray, image_to_text_ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Same as `retrieval_metrics` from the ranks of each query's best positive.
+
+    `text_to_image_ranks` [N_txt]: rank of the caption's image among all images;
+    `image_to_text_ranks` [N_img]: rank of the image's best-ranked caption among all captions.
+    """
+    out = {}
+    for k in ks:
+        out[f'image_retrieval_recall@{k}'] = float((np.asarray(text_to_image_ranks) < k).mean())
+    for k in ks:
+        out[f'text_retrieval_recall@{k}'] = float((np.asarray(image_to_text_ranks) < k).mean())
     return out

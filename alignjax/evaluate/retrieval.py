@@ -1,0 +1,94 @@
+"""Image <-> text retrieval recall@k, and embedding geometry, over held-out pairs.
+
+Several captions per image (COCO / Flickr30k Karpathy test sets): image i has captions
+C_i (from the source's `'captions'`, at most `max_captions`, else its one `'caption'`).
+
+  image_retrieval_recall@k (text -> image): fraction of captions whose image is among
+      the caption's top k images;
+  text_retrieval_recall@k (image -> text): fraction of images with *any* of their captions
+      among the image's top k captions.
+
+These are CLIP_benchmark's names and semantics. Both are computed on device from the rank of
+each query's best positive (`alignjax.evaluate.ranks.positive_ranks`): the queries go in
+chunks of `chunk_size` against the gallery sharded over the mesh, so 100k images x 500k
+captions never form a matrix on the host; the module docstring of `ranks` gives the
+per-device memory.
+
+With `geometry=True` (default) the evaluator also logs, on the same embeddings,
+`geometry/<name>/{modality_gap, alignment, uniformity_image, uniformity_text}`
+(`alignjax.evaluate.geometry`; alignment over (image, caption) pairs, uniformity on at most
+`max_uniformity` rows of each modality). `type='geometry'` logs only those.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from alignjax.evaluate import base, geometry, ranks
+from alignjax.evaluate import metrics as metrics_lib
+
+
+def geometry_of(emb, max_uniformity: int) -> dict[str, float]:
+    """Geometry metrics of an `Embeddings` with text (every caption paired with its image)."""
+    k = max_uniformity
+    paired_img = emb.image[emb.image_of_text]
+    return {
+        'modality_gap': float(geometry.modality_gap(emb.image, emb.text)),
+        'alignment': float(geometry.alignment(paired_img, emb.text)),
+        'uniformity_image': float(geometry.uniformity(emb.image[:k])),
+        'uniformity_text': float(geometry.uniformity(emb.text[:k])),
+    }
+
+
+class _PairedEvaluator(base.Evaluator):
+    def __init__(self, *args):
+        super().__init__(*args)
+        cfg = self.cfg
+        self.split = self.ctx.split(
+            cfg.data, cfg.split, cfg.num_examples, cfg.batch_size, cfg.max_captions, cfg.cache
+        )
+        self.split.needs_text = True
+
+
+class RetrievalEvaluator(_PairedEvaluator):
+    """Metrics: `retrieval/<name>/{image,text}_retrieval_recall@k` (+ geometry, see module)."""
+
+    kind = 'retrieval'
+    FIELDS: ClassVar[dict] = dict(
+        base.COMMON_FIELDS,
+        ks=(1, 5, 10),
+        max_captions=5,  # captions per image kept (COCO has 5-7; Karpathy test sets use 5)
+        chunk_size=1024,  # queries per device call
+        geometry=True,
+        max_uniformity=4096,
+    )
+
+    def run(self, params) -> dict[str, float]:
+        emb = self.split.embed(params, with_text=True)
+        n_img = emb.image.shape[0]
+        mesh, chunk = self.ctx.mesh, self.cfg.chunk_size
+        images = np.arange(n_img)
+        t2i = ranks.positive_ranks(emb.text, emb.image_of_text, emb.image, images, mesh, chunk)
+        i2t = ranks.positive_ranks(emb.image, images, emb.text, emb.image_of_text, mesh, chunk)
+        out = {
+            f'retrieval/{self.name}/{k}': v
+            for k, v in metrics_lib.retrieval_metrics_from_ranks(t2i, i2t, self.cfg.ks).items()
+        }
+        if self.cfg.geometry:
+            geo = geometry_of(emb, self.cfg.max_uniformity)
+            out.update({f'geometry/{self.name}/{k}': v for k, v in geo.items()})
+        return out
+
+
+class GeometryEvaluator(_PairedEvaluator):
+    """Metrics: `geometry/<name>/{modality_gap, alignment, uniformity_image, uniformity_text}`."""
+
+    kind = 'geometry'
+    FIELDS: ClassVar[dict] = dict(base.COMMON_FIELDS, max_captions=5, max_uniformity=4096)
+
+    def run(self, params) -> dict[str, float]:
+        emb = self.split.embed(params, with_text=True)
+        geo = geometry_of(emb, self.cfg.max_uniformity)
+        return {f'geometry/{self.name}/{k}': v for k, v in geo.items()}

@@ -1,0 +1,124 @@
+"""Zero-shot classification: class names x prompt templates -> class embeddings -> ranks.
+
+For class c with templates t_1..t_T (Radford et al. 2021):
+
+  w_c = normalize( (1/T) sum_t normalize(encode_text(t(c))) )          [C, D]
+  score(image i, class c) = <zimg_i, w_c>
+
+Metrics (CLIP_benchmark names), from the rank of each image's true class
+(`alignjax.evaluate.ranks`, ties to the lower class index):
+  acc1, acc5 (k capped at C), mean_per_class_recall (mean over classes present of acc1).
+
+Config (`config.evals.<name>`, type='zeroshot'):
+  classnames: None -> the source's own tasks (`source.zero_shot_tasks()`, e.g. the shapes
+              data's 'shape', 'color', 'size'; choose with `tasks`); or a built-in list
+              ('imagenet', 'cifar10', 'cifar100'), a text file (one name per line, in label
+              order) or a list of names.
+  templates:  None -> the built-in templates of that name ('imagenet': CLIP's 80, 'cifar':
+              CLIP's 18), else 'simple' ('a photo of a {}.'); or a built-in name, file or list.
+  label_key:  the label column with `classnames` ('label' for tfds:/csv:/jsonl: sources).
+Metric names: `zeroshot/<name>/<metric>` with `classnames`, `zeroshot/<name>_<task>/<metric>`
+for the source's tasks.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from alignjax import config as config_lib
+from alignjax.evaluate import base, ranks
+from alignjax.evaluate import classnames as classnames_lib
+from alignjax.evaluate import metrics as metrics_lib
+
+
+class ZeroShotEvaluator(base.Evaluator):
+    kind = 'zeroshot'
+    FIELDS: ClassVar[dict] = dict(
+        base.COMMON_FIELDS,
+        tasks=None,  # names from source.zero_shot_tasks(); None: all
+        classnames=None,
+        templates=None,
+        label_key='label',
+        chunk_size=1024,  # images per device call when ranking classes
+    )
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        cfg = self.cfg
+        self.split = self.ctx.split(
+            cfg.data, cfg.split, cfg.num_examples, cfg.batch_size, cache=cfg.cache
+        )
+        self.embedder = self.ctx.embedder(cfg.batch_size)
+        self.tasks = self._tasks()
+        tok = self.ctx.tokenizer
+        # Tokenised prompts per task: [C * T, L], class-major.
+        self.prompts = {
+            t: tok([tmpl.format(c) for c in task['classnames'] for tmpl in task['templates']])
+            for t, task in self.tasks.items()
+        }
+
+    def _tasks(self) -> dict[str, dict]:
+        cfg, where = self.cfg, f'evals.{self.name}'
+        if cfg.classnames is not None:
+            names = classnames_lib.get_classnames(cfg.classnames)
+            templates = cfg.templates
+            if templates is None:
+                default = cfg.classnames if isinstance(cfg.classnames, str) else ''
+                templates = default if default in classnames_lib.TEMPLATES else 'simple'
+            return {
+                '': {
+                    'classnames': names,
+                    'templates': classnames_lib.get_templates(templates),
+                    'label_key': cfg.label_key,
+                }
+            }
+        get_tasks = getattr(self.split.source, 'zero_shot_tasks', None)
+        if get_tasks is None:
+            raise ValueError(
+                f'{where}: source {cfg.data!r} defines no zero-shot tasks; set '
+                f"{where}.classnames (e.g. 'imagenet', a file, or a list) and "
+                f'{where}.label_key.'
+            )
+        tasks = get_tasks()
+        wanted = cfg.tasks or list(tasks)
+        for t in wanted:
+            config_lib.check_choice(t, list(tasks), f'{where}.tasks')
+        out = {t: dict(tasks[t]) for t in wanted}
+        if cfg.templates is not None:
+            for task in out.values():
+                task['templates'] = classnames_lib.get_templates(cfg.templates)
+        return out
+
+    def class_embeddings(self, params, task: str) -> np.ndarray:
+        """[C, D]: per class, the renormalised mean of its normalised template embeddings."""
+        t = self.tasks[task]
+        n_cls, n_tmpl = len(t['classnames']), len(t['templates'])
+        z = self.embedder.texts(params, self.prompts[task]).astype(np.float64)
+        z = z.reshape(n_cls, n_tmpl, -1)
+        z /= np.linalg.norm(z, axis=-1, keepdims=True)  # encode_text normalises; be exact.
+        w = z.mean(axis=1)
+        return (w / np.linalg.norm(w, axis=-1, keepdims=True)).astype(np.float32)
+
+    def run(self, params) -> dict[str, float]:
+        emb = self.split.embed(params, with_text=False)
+        out = {}
+        for t, task in self.tasks.items():
+            where = f'evals.{self.name}'
+            column = base.label_column(task['label_key'], emb.labels, where)
+            labels = emb.labels[column]
+            n_cls = len(task['classnames'])
+            if labels.min() < 0 or labels.max() >= n_cls:
+                raise ValueError(
+                    f'{where}: labels in {column!r} span [{labels.min()}, {labels.max()}] but '
+                    f'there are {n_cls} class names; the list must cover every label, in order.'
+                )
+            w = self.class_embeddings(params, t)
+            r = ranks.positive_ranks(
+                emb.image, labels, w, np.arange(n_cls), self.ctx.mesh, self.cfg.chunk_size
+            )
+            prefix = f'zeroshot/{self.name}' + (f'_{t}' if t else '')
+            for k, v in metrics_lib.zero_shot_metrics_from_ranks(r, labels).items():
+                out[f'{prefix}/{k}'] = v
+        return out
