@@ -9,3 +9,5 @@ Where things are:
 """
 
 __version__ = '0.1.0'
+
+from alignjax.pretrained import load_pretrained  # noqa: E402,F401

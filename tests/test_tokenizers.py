@@ -217,7 +217,9 @@ def test_build_tokenizer(spm_model):
     tok = tk.build_tokenizer(cfg)
     assert isinstance(tok, tk.SentencePieceTokenizer) and tok.eos_id == 96
 
-    with pytest.raises(ValueError, match=r"valid names: \['bytes', 'sentencepiece', 'word_hash'\]"):
+    with pytest.raises(
+        ValueError, match=r"valid names: \['bytes', 'clip_bpe', 'sentencepiece', 'word_hash'\]"
+    ):
         tk.build_tokenizer({"name": "bpe"})
     with pytest.raises(ValueError, match="valid fields: .*context_length"):
         tk.build_tokenizer({"name": "word_hash", "context_len": 8})

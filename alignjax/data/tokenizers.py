@@ -282,11 +282,19 @@ class SentencePieceTokenizer(Tokenizer):
         return state
 
 
+def _clip_bpe(**kwargs) -> Tokenizer:
+    """CLIP's BPE tokenizer (``alignjax.data.clip_bpe``; imported lazily: it imports us)."""
+    from alignjax.data.clip_bpe import CLIPBPETokenizer  # pylint: disable=g-import-not-at-top
+
+    return CLIPBPETokenizer(**kwargs)
+
+
 # --- config ------------------------------------------------------------------------------
 TOKENIZERS = {
     "word_hash": WordHashTokenizer,
     "bytes": ByteTokenizer,
     "sentencepiece": SentencePieceTokenizer,
+    "clip_bpe": _clip_bpe,
 }
 
 # Config field -> which tokenizers use it. Fields a tokenizer does not use are ignored (so
@@ -300,6 +308,9 @@ _FIELDS = {
     "model_path": ("sentencepiece",),
     "eos_mode": ("sentencepiece",),
     "lower": ("sentencepiece",),
+    "bpe_path": ("clip_bpe",),
+    "vocab_path": ("clip_bpe",),
+    "use_ftfy": ("clip_bpe",),
 }
 
 
@@ -324,6 +335,9 @@ def default_tokenizer_config():
             add_bos=ml_collections.config_dict.placeholder(bool),
             eos_mode="native",
             lower=False,
+            bpe_path="",  # clip_bpe: OpenAI bpe_simple_vocab_16e6.txt.gz or HF merges.txt
+            vocab_path="",  # clip_bpe: optional HF vocab.json
+            use_ftfy=ml_collections.config_dict.placeholder(bool),  # clip_bpe: None = auto
         )
     )
 

@@ -206,6 +206,10 @@ def default_model_config() -> ml_collections.ConfigDict:
             logit_scale_init=1.0 / 0.07,  # multiplier t; CLIP 1/0.07, SigLIP 10.0
             logit_bias_init=None,  # None: no bias (CLIP); SigLIP -10.0
             quick_gelu=False,  # True for OpenAI CLIP weights
+            # MLP activation by name; None: 'quick_gelu' if quick_gelu else 'gelu' (erf).
+            # 'gelu_tanh' is big_vision/SigLIP's (flax nn.gelu default).
+            act=ml_collections.config_dict.placeholder(str),
+            ln_eps=1e-6,  # LayerNorm epsilon: 1e-6 big_vision/SigLIP, 1e-5 OpenAI/HF CLIP
             dtype="float32",  # compute dtype: 'float32' | 'bfloat16'
             param_dtype="float32",
             remat=None,  # None | a jax.checkpoint_policies name
@@ -349,6 +353,14 @@ def resolve_model_config(config: Any) -> dict:
     _check_choice("text.convention", cfg["text"]["convention"], CONVENTIONS)
     for k in ("quick_gelu", "scan"):
         _check_choice(k, cfg[k], (True, False))
+    _check_choice("act", cfg["act"], (None,) + layers.ACTIVATIONS)
+    if cfg["quick_gelu"] and cfg["act"] not in (None, "quick_gelu"):
+        raise ValueError(
+            f"Model config quick_gelu=True conflicts with act={cfg['act']!r}; set one of them "
+            "(act=None keeps quick_gelu in charge)."
+        )
+    if not (isinstance(cfg["ln_eps"], (int, float)) and cfg["ln_eps"] > 0):
+        raise ValueError(f"Model config ln_eps must be a positive float, got {cfg['ln_eps']!r}.")
     for tower in ("image", "text"):
         _tower_kwargs(tower, cfg[tower], cfg["embed_dim"])  # head/width check, eagerly
     return cfg
@@ -366,8 +378,10 @@ def build(config: Any = None) -> TwoTower:
         invalid choices, or ``head=False`` with a tower width != embed_dim.
     """
     cfg = resolve_model_config({} if config is None else config)
+    act = cfg["act"] or ("quick_gelu" if cfg["quick_gelu"] else "gelu")
     common = dict(
-        act="quick_gelu" if cfg["quick_gelu"] else "gelu",
+        act=act,
+        ln_eps=float(cfg["ln_eps"]),
         remat=cfg["remat"],
         scan=cfg["scan"],
         attention_impl=cfg["attention_impl"],

@@ -1,0 +1,91 @@
+"""Convert released weights into an alignjax export, or an alignjax model back to HF CLIP.
+
+    # into alignjax (a folder that config.init_from and alignjax.load_pretrained read)
+    python -m alignjax.convert --from hf /ckpt/clip-vit-base-patch32 --out /ckpt/b32
+    python -m alignjax.convert --from open_clip /ckpt/laion-b32 --out /ckpt/b32_laion
+    python -m alignjax.convert --from open_clip b32.safetensors --model-name ViT-B-32 --out D
+    python -m alignjax.convert --from openai ViT-B-32.pt --out /ckpt/b32_openai   # torch
+    python -m alignjax.convert --from big_vision webli_en_b16_224.npz \\
+        --tokenizer-path c4_en.model --out /ckpt/siglip_b16
+
+    # back to a Hugging Face CLIPModel folder (from an export or any format above)
+    python -m alignjax.convert --from alignjax /ckpt/b32 --to hf --out /ckpt/b32_hf
+
+The output folder holds ``params.safetensors`` + ``model_config.json`` (``alignjax.export``
+format), ``preprocess.json`` and ``tokenizer.json`` (with copies of the vocabulary files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from alignjax import interop, pretrained
+
+
+def run(
+    fmt: str,
+    path: str,
+    out: str,
+    *,
+    to: str = "alignjax",
+    model_name: str | None = None,
+    tokenizer_path: str | None = None,
+) -> str:
+    """Converts ``path`` (format ``fmt``) and writes it to ``out``; returns what was written."""
+    if fmt == "alignjax":
+        conv = pretrained._read_export(path)  # pylint: disable=protected-access
+    elif fmt == "open_clip" or (fmt == "openai" and model_name):
+        conv = interop.from_open_clip(path, model_name=model_name, bpe_path=tokenizer_path or "")
+    elif fmt == "openai":
+        conv = interop.from_openai(path, bpe_path=tokenizer_path or "")
+    elif fmt == "big_vision":
+        conv = interop.from_big_vision(path, tokenizer_path=tokenizer_path)
+    elif fmt == "hf":
+        conv = interop.from_hf(path)
+    else:
+        raise ValueError(f"Unknown --from {fmt!r}; valid: alignjax, {', '.join(interop.FORMATS)}.")
+    if to == "alignjax":
+        return pretrained.save_converted(conv, out)
+    if to == "hf":
+        return interop.to_hf(
+            conv.params,
+            conv.model_config,
+            out,
+            preprocess=conv.preprocess or None,
+            tokenizer=conv.tokenizer or None,
+        )
+    raise ValueError(f"Unknown --to {to!r}; valid: alignjax, hf.")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m alignjax.convert",
+        description="Convert CLIP/SigLIP checkpoints to alignjax (or alignjax to HF CLIPModel).",
+    )
+    p.add_argument(
+        "--from",
+        dest="fmt",
+        required=True,
+        choices=("alignjax",) + interop.FORMATS,
+        help="source format",
+    )
+    p.add_argument("path", help="checkpoint file or folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--to", default="alignjax", choices=("alignjax", "hf"), help="output format")
+    p.add_argument("--model-name", default=None, help="open_clip model name (state dicts)")
+    p.add_argument(
+        "--tokenizer-path",
+        default=None,
+        help="CLIP BPE vocabulary or SentencePiece .model, when not stored with the weights",
+    )
+    a = p.parse_args(argv)
+    written = run(
+        a.fmt, a.path, a.out, to=a.to, model_name=a.model_name, tokenizer_path=a.tokenizer_path
+    )
+    print(f"Wrote {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""Shared pieces of the weight converters: file readers/writers, tree helpers, layouts.
+
+Everything here works on plain numpy arrays. Reading ``.safetensors`` and ``.npz`` needs
+neither torch nor the ``safetensors`` package (the format is a JSON header followed by raw
+little-endian buffers; bfloat16 is read through ``ml_dtypes``, which JAX depends on).
+Only PyTorch pickles (``.bin``, ``.pt``, ``.pth``) need torch.
+
+Layout conventions (alignjax side, see ``alignjax.models``): Dense kernels are ``[in, out]``,
+attention q/k/v kernels ``[D, H, K]`` with biases ``[H, K]``, the output kernel
+``[H, K, D]``, the patch conv ``[p, p, C, D]`` (HWIO). PyTorch ``nn.Linear`` weights are
+``[out, in]`` and ``nn.Conv2d`` weights ``[D, C, p, p]`` (OIHW).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+Params = dict[str, Any]
+
+# safetensors dtype names <-> numpy dtypes.
+_ST_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+
+#: OpenAI CLIP image statistics (RGB, [0, 1] scale), shared by OpenAI, open_clip and HF CLIP.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclasses.dataclass
+class Converted:
+    """Result of a converter.
+
+    Attributes:
+      model_config: nested dict for ``alignjax.models.build`` that reproduces the source
+        model's forward pass (sizes, activation, LayerNorm eps, pooling conventions).
+      params: nested dict of float32 numpy arrays (the ``'params'`` collection, unboxed,
+        ``scan=False`` layout: ``encoder/block_i``).
+      preprocess: dict of :class:`alignjax.pretrained.Preprocess` fields (size, resize mode,
+        mean/std, interpolation).
+      tokenizer: dict for ``alignjax.data.tokenizers.build_tokenizer`` (paths may be empty
+        when the source has no vocabulary; ``load_pretrained`` then asks for one).
+    """
+
+    model_config: dict
+    params: Params
+    preprocess: dict
+    tokenizer: dict
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Reads a ``.safetensors`` file into numpy arrays (no torch, no safetensors package)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}.")
+        start, end = info["data_offsets"]
+        arr = np.frombuffer(data[start:end], dtype=np.dtype(_ST_DTYPES[info["dtype"]]))
+        out[name] = arr.reshape(info["shape"]).copy()
+    return out
+
+
+def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata=None) -> None:
+    """Writes numpy arrays as a ``.safetensors`` file (readable by torch/HF/safetensors)."""
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset, bufs = 0, []
+    for name in sorted(tensors):
+        a = np.asarray(tensors[name])
+        a = a if a.flags.c_contiguous else a.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
+        if a.dtype not in _ST_NAMES:
+            raise ValueError(f"Tensor {name!r} has dtype {a.dtype}, which safetensors lacks.")
+        b = a.tobytes()
+        header[name] = {
+            "dtype": _ST_NAMES[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + len(b)],
+        }
+        offset += len(b)
+        bufs.append(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)  # the format aligns the data section to 8 bytes
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in bufs:
+            f.write(b)
+
+
+def import_torch(what: str):
+    """Imports torch or fails with a message that says what needs it and how to install it."""
+    try:
+        import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+        raise ImportError(
+            f"{what} needs PyTorch, which is not installed. Install the CPU build with "
+            "`pip install torch==2.13.0` (or `pip install 'alignjax[torch]'`), or convert "
+            "the weights to .safetensors elsewhere (safetensors and .npz need no torch)."
+        ) from e
+    return torch
+
+
+def torch_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Loads a PyTorch checkpoint (pickle or TorchScript archive) as numpy arrays.
+
+    TorchScript archives (OpenAI's released ``.pt`` files) are read with
+    ``torch.jit.load``; plain pickles with ``torch.load(weights_only=True)``. A dict with a
+    ``'state_dict'`` entry (open_clip training checkpoints) is unwrapped and a leading
+    ``'module.'`` (DDP) is stripped.
+    """
+    torch = import_torch(f"Reading {os.path.basename(path)}")
+    if _is_torchscript(path):
+        sd = torch.jit.load(path, map_location="cpu").state_dict()
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and "state_dict" in sd:
+            sd = sd["state_dict"]
+    out = {}
+    for k, v in sd.items():
+        if not hasattr(v, "detach"):
+            continue
+        k = k.removeprefix("module.")
+        v = v.detach().cpu()
+        out[k] = v.float().numpy() if v.is_floating_point() else v.numpy()
+    return out
+
+
+def _is_torchscript(path: str) -> bool:
+    """TorchScript archives are zips holding ``<name>/constants.pkl`` and ``<name>/code/``."""
+    import zipfile  # pylint: disable=g-import-not-at-top
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") for n in z.namelist())
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """``.safetensors`` (no torch) or a PyTorch checkpoint (torch) -> numpy arrays."""
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)
+    return torch_state_dict(path)
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------------------ trees
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested dict -> ``{'a/b/c': leaf}``."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> Params:
+    """``{'a/b/c': leaf}`` -> nested dict."""
+    out: Params = {}
+    for key, v in flat.items():
+        node = out
+        *parents, last = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return out
+
+
+def to_f32(tree: Mapping[str, Any]) -> Params:
+    return {
+        k: to_f32(v) if isinstance(v, Mapping) else np.asarray(v, np.float32)
+        for k, v in tree.items()
+    }
+
+
+class Consumer:
+    """A state dict that records which keys were read, so converters can fail on leftovers
+    (a key nobody maps means the checkpoint has a feature the converter would drop)."""
+
+    def __init__(self, sd: Mapping[str, np.ndarray], source: str, ignore=()):
+        self.sd = dict(sd)
+        self.source = source
+        self.used: set[str] = set(k for k in sd if any(k.endswith(s) for s in ignore))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.sd
+
+    def __call__(self, key: str) -> np.ndarray:
+        if key not in self.sd:
+            raise KeyError(
+                f"{self.source}: expected tensor {key!r} is missing. Is this the right "
+                f"format? A few keys present: {sorted(self.sd)[:8]}"
+            )
+        self.used.add(key)
+        return np.asarray(self.sd[key], np.float32)
+
+    def check_all_used(self) -> None:
+        left = sorted(set(self.sd) - self.used)
+        if left:
+            raise ValueError(
+                f"{self.source}: {len(left)} tensor(s) are not understood by the converter "
+                f"(the model has parts alignjax would silently drop): {left[:12]}"
+            )
+
+
+# ----------------------------------------------------------------------- torch layouts
+
+
+def linear(w: np.ndarray) -> np.ndarray:
+    """torch Linear weight [out, in] -> Dense kernel [in, out]."""
+    return np.ascontiguousarray(w.T)
+
+
+def heads_in(w: np.ndarray, b: np.ndarray, num_heads: int) -> dict:
+    """torch q/k/v Linear ([H*K, D], [H*K]) -> HeadsIn kernel [D, H, K], bias [H, K]."""
+    d = w.shape[1]
+    return {"kernel": w.T.reshape(d, num_heads, -1).copy(), "bias": b.reshape(num_heads, -1)}
+
+
+def heads_out(w: np.ndarray, b: np.ndarray, num_heads: int) -> dict:
+    """torch out Linear ([D, H*K], [D]) -> HeadsOut kernel [H, K, D], bias [D]."""
+    d = w.shape[0]
+    return {"kernel": w.T.reshape(num_heads, -1, d).copy(), "bias": b}
+
+
+def heads_in_torch(p: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`heads_in`."""
+    k = np.asarray(p["kernel"])
+    d = k.shape[0]
+    return k.reshape(d, -1).T.copy(), np.asarray(p["bias"]).reshape(-1)
+
+
+def heads_out_torch(p: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`heads_out`."""
+    k = np.asarray(p["kernel"])
+    return k.reshape(-1, k.shape[-1]).T.copy(), np.asarray(p["bias"])
+
+
+def conv_to_flax(w: np.ndarray) -> np.ndarray:
+    """torch Conv2d weight [D, C, p, p] (OIHW) -> flax [p, p, C, D] (HWIO)."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def conv_to_torch(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(w).transpose(3, 2, 0, 1))
+
+
+def layer_norm(w: np.ndarray, b: np.ndarray) -> dict:
+    return {"scale": w, "bias": b}
+
+
+def ln_torch(p: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(p["scale"]), np.asarray(p["bias"])
+
+
+def block_from_torch(get, prefix: str, names: Mapping[str, str], num_heads: int) -> dict:
+    """One pre-LN transformer block from a torch state dict with separate q/k/v.
+
+    ``names`` maps alignjax parts to torch key stems: ln_attn, q, k, v, out, ln_mlp, fc1, fc2.
+    """
+    n = {k: prefix + v for k, v in names.items()}
+    return {
+        "ln_attn": layer_norm(get(n["ln_attn"] + ".weight"), get(n["ln_attn"] + ".bias")),
+        "attn": {
+            part: heads_in(get(n[t] + ".weight"), get(n[t] + ".bias"), num_heads)
+            for part, t in (("query", "q"), ("key", "k"), ("value", "v"))
+        }
+        | {"out": heads_out(get(n["out"] + ".weight"), get(n["out"] + ".bias"), num_heads)},
+        "ln_mlp": layer_norm(get(n["ln_mlp"] + ".weight"), get(n["ln_mlp"] + ".bias")),
+        "mlp": {
+            "fc1": {"kernel": linear(get(n["fc1"] + ".weight")), "bias": get(n["fc1"] + ".bias")},
+            "fc2": {"kernel": linear(get(n["fc2"] + ".weight")), "bias": get(n["fc2"] + ".bias")},
+        },
+    }
+
+
+def count_layers(keys, prefix: str) -> int:
+    """Number of ``{prefix}{i}.`` blocks among ``keys``."""
+    idx = set()
+    for k in keys:
+        if k.startswith(prefix):
+            head = k[len(prefix) :].split(".", 1)[0]
+            if head.isdigit():
+                idx.add(int(head))
+    if idx and idx != set(range(len(idx))):
+        raise ValueError(f"Non-contiguous layer indices under {prefix!r}: {sorted(idx)}")
+    return len(idx)
+
+
+def stack_scan(params: Params) -> Params:
+    """Converts ``encoder/block_i`` subtrees into the ``scan=True`` layout
+    (``encoder/blocks`` with a leading ``[depth]`` axis), for configs with ``scan=True``."""
+
+    def visit(node):
+        if not isinstance(node, Mapping):
+            return node
+        node = {k: visit(v) for k, v in node.items()}
+        blocks = sorted(
+            (k for k in node if k.startswith("block_") and k[6:].isdigit()),
+            key=lambda k: int(k[6:]),
+        )
+        if blocks:
+            flat = [flatten(node.pop(k)) for k in blocks]
+            node["blocks"] = unflatten({k: np.stack([f[k] for f in flat]) for k in flat[0]})
+        return node
+
+    return visit(params)
+
+
+def unstack_scan(params: Params) -> Params:
+    """Inverse of :func:`stack_scan`."""
+
+    def visit(node):
+        if not isinstance(node, Mapping):
+            return node
+        node = {k: visit(v) for k, v in node.items()}
+        if "blocks" in node and isinstance(node["blocks"], Mapping):
+            flat = flatten(node.pop("blocks"))
+            depth = next(iter(flat.values())).shape[0]
+            for i in range(depth):
+                node[f"block_{i}"] = unflatten({k: v[i] for k, v in flat.items()})
+        return node
+
+    return visit(params)
