@@ -11,7 +11,8 @@ error that names the closest valid one, instead of a silently ignored setting.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import ml_collections
 
@@ -33,14 +34,32 @@ def base_config() -> ConfigDict:
     c.grad_accum_steps = 1
     c.log_every_steps = 50
     c.eval_every_steps = 500  # 0: evaluate only at the end.
-    c.checkpoint_every_steps = 500  # Also always at the end.
-    c.keep_checkpoints = 3  # The newest K are kept.
+    c.checkpoint_every_steps = 500  # Also always at the end, and on SIGTERM/SIGINT.
+    c.keep_checkpoints = 3  # The newest K are kept...
+    c.keep_checkpoints_every = 0  # ...and every checkpoint whose step is a multiple of M (0: none).
+    # NaN or Inf in the loss or the gradients. 'halt': stop with an error naming the step
+    # and its metrics (the update is not applied, nothing non-finite is saved). 'skip': drop
+    # that update (parameters and optimizer state unchanged, step counter advances) and
+    # count it in `train/nonfinite_steps`.
+    c.nan_policy = 'halt'
+    # Start a new run from another run's parameters (ignored when the workdir has its own
+    # checkpoints: then the run resumes). `path`: an alignjax workdir, its `checkpoints`
+    # directory, one step directory (`.../checkpoints/500`), or an export written by
+    # `alignjax.export` (`.safetensors` / `.msgpack`, or the directory holding it).
+    # `mapping`: which parameters to load, as 'dst=src' prefixes of '/'-joined parameter
+    # paths, e.g. ('img=img',) loads only the image tower (LiT); 'img' is short for
+    # 'img=img'; empty loads every parameter present in both. Parameters not loaded keep
+    # their fresh initialisation; shapes must match. See docs/CHECKPOINTS.md.
+    c.init_from = ConfigDict({'path': '', 'mapping': (), 'step': -1})  # step -1: newest.
 
     # Device mesh: axis sizes; -1 takes the remaining devices. Batches are sharded over
     # (data, fsdp); large weights over fsdp ('embed' axis) and tensor ('mlp', 'heads').
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
     c.data = ConfigDict()
+    # Source spec (docs/DATA.md): 'synthetic:shapes', 'csv:PATH', 'jsonl:PATH',
+    # 'tfds:NAME[/CONFIG][:VERSION]', 'wds:/shards/{00000..00999}.tar', 'mix:0.7*A;0.3*B';
+    # per-source crop/caption options go in the spec's query ('?crop=center&min_scale=0.5').
     c.data.train = 'synthetic:shapes'  # Source spec, see `alignjax.data.get_source`.
     c.data.image_size = 32
     c.data.normalize = 'minus_one_one'  # or 'clip' (OpenAI mean/std).
@@ -56,6 +75,9 @@ def base_config() -> ConfigDict:
     # `every_steps` 0 or None falls back to `eval_every_steps`.
     c.evals = ConfigDict()
     return c
+
+
+NAN_POLICIES = ('halt', 'skip')
 
 
 def closest(name: str, valid: Iterable[str]) -> str:
@@ -117,6 +139,12 @@ def resolve(config: ConfigDict) -> ConfigDict:
             f'config.batch_size={config.batch_size} is not divisible by '
             f'config.grad_accum_steps={config.grad_accum_steps}; choose a batch size that '
             f'is a multiple of the number of micro-batches.'
+        )
+    check_choice(config.nan_policy, NAN_POLICIES, 'nan_policy')
+    if config.keep_checkpoints < 1 or config.keep_checkpoints_every < 0:
+        raise ValueError(
+            f'config.keep_checkpoints={config.keep_checkpoints} must be >= 1 and '
+            f'config.keep_checkpoints_every={config.keep_checkpoints_every} >= 0.'
         )
     for name, ev in config.evals.items():
         if 'type' not in ev:
