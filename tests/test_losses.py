@@ -428,11 +428,11 @@ def test_build_ring_matches_dense_gradient():
 @pytest.mark.parametrize(
     "cfg, match",
     [
-        ({"name": "softmax"}, r"valid names are \['clip', 'siglip'\]"),
+        ({"name": "softmax"}, r"valid names are \['clip', 'siglip', 'filip'"),
         ({"name": "siglip", "impl": "chunked"}, r"valid impls are \['dense', 'ring'\]"),
         (
             {"name": "clip", "temperature": 1.0},
-            r"valid fields are \['name', 'impl', 'batch_axes'\]",
+            r"valid fields are \['name', 'impl', 'batch_axes', 'needs_tokens'",
         ),
         ({"name": "clip", "impl": "ring"}, "only implemented for name='siglip'"),
         ({"name": "siglip", "impl": "ring"}, "needs the device mesh"),

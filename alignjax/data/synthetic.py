@@ -34,6 +34,11 @@ Size and position are each omitted in ~15% of captions, colour and shape in ~5% 
 reads "object"/"shape"), so a text model has to read words, not slot positions.
 
 Example format: ``{'image': uint8 [H, W, 3], 'caption': str, 'labels': {attr: int}}``.
+With ``extra_captions=True`` (spec ``synthetic:shapes?extra_captions=true``) examples also
+carry ``'summary'`` (e.g. "a crimson circle") and ``'long_caption'``, four sentences that
+each state some attributes (e.g. "there is a disk. a disk that is red. a large disk. a
+circle on the left."), for PyramidCLIP summaries and DreamLIP sub-captions; they are drawn
+from a separate random stream, so images and captions are the same as without them.
 The grain pipelines (``alignjax.data.pipeline``) flatten ``labels`` into ``label_<attr>``
 int32 keys.
 """
@@ -237,6 +242,7 @@ class ShapesDataset:
         image_size: int = 32,
         seed: int = 0,
         num_examples: int | None = None,
+        extra_captions: bool = False,
     ):
         if split not in _SPLITS:
             raise ValueError(f"Unknown split {split!r}; valid splits: {sorted(_SPLITS)}.")
@@ -248,6 +254,7 @@ class ShapesDataset:
         self.image_size = int(image_size)
         self.seed = int(seed)
         self.num_examples = int(num_examples or _DEFAULT_SIZES[split])
+        self.extra_captions = bool(extra_captions)
         self._pairs = _HELD_OUT if split == "test" else _SEEN
         s = self.image_size
         # Pixel-centre coordinates, shared by all examples.
@@ -268,7 +275,11 @@ class ShapesDataset:
         labels = self._sample_labels(u)
         image = self._render(labels, u, rng)
         caption = self._caption(labels, rng)
-        return {"image": image, "caption": caption, "labels": labels}
+        example = {"image": image, "caption": caption, "labels": labels}
+        if self.extra_captions:
+            extra_rng = np.random.default_rng([self.seed, _SPLITS[self.split], index, 1])
+            example.update(self._extra_captions(labels, extra_rng))
+        return example
 
     def __repr__(self) -> str:
         return (
@@ -400,6 +411,31 @@ class ShapesDataset:
             patch = img[y0:y1, x0:x1]
             patch += alpha * (color - patch)
         return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+    def _extra_captions(self, labels: dict[str, int], rng) -> dict[str, str]:
+        """A short summary and a four-sentence long caption (only dataset words)."""
+
+        def pick(options):
+            return options[int(rng.integers(len(options)))]
+
+        two = labels["count"] == 1
+        det = pick(_COUNT_WORDS[COUNTS[labels["count"]]])
+        noun = pick(_SHAPE_WORDS[SHAPES[labels["shape"]]])[int(two)]
+        color = pick(_COLOR_WORDS[COLORS[labels["color"]]])
+        size = pick(_SIZE_WORDS[SIZES[labels["size"]]])
+        pos = pick(_POSITION_WORDS[POSITIONS[labels["position"]]])
+        be = "are" if two else "is"
+        sentences = [
+            f"there {be} {det} {noun}",
+            f"{det} {noun} that {be} {color}",
+            f"{det} {size} {noun}",
+            f"{det} {noun} {pos}",
+        ]
+        fix = [_ARTICLE_RE.sub(r"an \1", s) for s in sentences]
+        return {
+            "summary": _ARTICLE_RE.sub(r"an \1", f"{det} {color} {noun}"),
+            "long_caption": ". ".join(fix) + ".",
+        }
 
     def _caption(self, labels: dict[str, int], rng) -> str:
         def pick(options):

@@ -16,25 +16,27 @@ Notation (see ``reference/methods.md`` §0-2): ``B`` batch size, ``D`` embedding
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "info_nce",
-    "clip_loss",
-    "siglip_loss",
-    "build",
-    "default_loss_config",
-    "LOSS_NAMES",
     "LOSS_IMPLS",
+    "LOSS_NAMES",
+    "build",
+    "clip_loss",
+    "default_loss_config",
+    "info_nce",
+    "siglip_loss",
 ]
 
-LOSS_NAMES = ("clip", "siglip")
+BASE_LOSSES = ("clip", "siglip")
+METHOD_LOSSES = ("filip", "pyramid", "lightclip", "dreamlip", "uniter", "wukong", "clim")
+LOSS_NAMES = BASE_LOSSES + METHOD_LOSSES
 LOSS_IMPLS = ("dense", "ring")
-_CONFIG_FIELDS = ("name", "impl", "batch_axes")
+_CONFIG_FIELDS = ("name", "impl", "batch_axes", "needs_tokens") + METHOD_LOSSES
 
 
 # ----------------------------------------------------------------------------------------
@@ -247,20 +249,30 @@ def default_loss_config():
     """Default ``config.loss``: the CLIP softmax loss, computed densely.
 
     Fields:
-      name: ``'clip'`` (symmetric InfoNCE) or ``'siglip'`` (pairwise sigmoid; the model
-        must output a ``logit_bias``).
+      name: ``'clip'`` (symmetric InfoNCE), ``'siglip'`` (pairwise sigmoid; the model
+        must output a ``logit_bias``) or an alignment objective: ``'filip'``,
+        ``'pyramid'``, ``'lightclip'``, ``'dreamlip'``, ``'uniter'``, ``'wukong'``,
+        ``'clim'`` (see :mod:`alignjax.losses.objectives` and docs/OBJECTIVES.md).
       impl: ``'dense'`` (global B×B logits; exact under jit on sharded arrays) or
         ``'ring'`` (SigLIP only: shard_map + ppermute ring, O((B/n)²) per device; needs
         ``build(..., mesh=...)``).
       batch_axes: mesh axes the batch is sharded over (used by ``impl='ring'``).
+      needs_tokens: force the towers to return per-token features (objectives that need
+        them request them anyway).
+      filip, pyramid, lightclip, dreamlip, uniter, wukong, clim: each method's settings,
+        read only when ``name`` selects it.
     """
     import ml_collections  # Imported lazily: only config handling needs it.
+
+    from alignjax.losses.objectives import method_config_defaults
 
     return ml_collections.ConfigDict(
         {
             "name": "clip",
             "impl": "dense",
             "batch_axes": ("data", "fsdp"),
+            "needs_tokens": False,
+            **method_config_defaults(),
         }
     )
 
@@ -284,39 +296,92 @@ def _get(out: Any, field: str, default: Any = None) -> Any:
     return getattr(out, field, default)
 
 
-def build(
-    loss_config=None, mesh: jax.sharding.Mesh | None = None
-) -> Callable[[Any], tuple[jax.Array, dict[str, jax.Array]]]:
-    """Builds ``loss_fn(out) -> (loss, metrics)`` from ``config.loss``.
-
-    Args:
-      loss_config: ConfigDict or dict with fields ``name`` (``'clip'`` | ``'siglip'``),
-        ``impl`` (``'dense'`` | ``'ring'``) and optionally ``batch_axes``; missing fields
-        take the values of :func:`default_loss_config`. Unknown fields or values raise
-        ``ValueError`` naming the valid choices.
-      mesh: the device mesh; required for ``impl='ring'``.
-
-    Returns:
-      ``loss_fn(out)`` where ``out`` has attributes ``zimg [B, D]``, ``ztxt [B, D]``,
-      ``logit_scale`` (the multiplier t, not its log) and ``logit_bias`` (SigLIP; may be
-      absent/None for CLIP). It returns the float32 loss and a dict of float32 scalars:
-      ``loss``, ``logit_scale``, ``logit_bias`` (when present), ``i2t_acc`` and ``t2i_acc``
-      (in-batch top-1 retrieval accuracy over the global batch).
-    """
+def _validated(loss_config) -> dict:
+    """The loss config as a dict with every field, unknown fields and values rejected."""
     cfg = _config_to_dict(loss_config)
     unknown = sorted(set(cfg) - set(_CONFIG_FIELDS))
     if unknown:
         raise ValueError(
             f"Unknown loss config field(s) {unknown}; valid fields are {list(_CONFIG_FIELDS)}."
         )
-    defaults = default_loss_config()
-    name = cfg.get("name", defaults.name)
-    impl = cfg.get("impl", defaults.impl)
-    batch_axes = cfg.get("batch_axes", defaults.batch_axes)
-    if name not in LOSS_NAMES:
-        raise ValueError(f"Unknown loss name {name!r}; valid names are {list(LOSS_NAMES)}.")
-    if impl not in LOSS_IMPLS:
-        raise ValueError(f"Unknown loss impl {impl!r}; valid impls are {list(LOSS_IMPLS)}.")
+    defaults = default_loss_config().to_dict()
+    out = {}
+    for key, default in defaults.items():
+        value = cfg.get(key, default)
+        if isinstance(default, dict):
+            value = dict(value or {})
+            bad = sorted(set(value) - set(default))
+            if bad:
+                raise ValueError(
+                    f"Unknown field(s) {bad} in config.loss.{key}; valid fields are "
+                    f"{sorted(default)}."
+                )
+            value = {**default, **value}
+        out[key] = value
+    if out["name"] not in LOSS_NAMES:
+        raise ValueError(f"Unknown loss name {out['name']!r}; valid names are {list(LOSS_NAMES)}.")
+    if out["impl"] not in LOSS_IMPLS:
+        raise ValueError(f"Unknown loss impl {out['impl']!r}; valid impls are {list(LOSS_IMPLS)}.")
+    if out["name"] in METHOD_LOSSES and out["impl"] != "dense":
+        raise ValueError(
+            f"impl={out['impl']!r} is only implemented for name='siglip'; objective "
+            f"{out['name']!r} runs with impl='dense'."
+        )
+    choices = {
+        ("lightclip", "schedule"): ("linear", "cosine", "constant"),
+        ("lightclip", "neg_weighting"): ("uniform", "similarity"),
+        ("dreamlip", "group_norm"): ("minmax", "softmax"),
+    }
+    for (method, field), valid in choices.items():
+        if out[method][field] not in valid:
+            raise ValueError(
+                f"Invalid config.loss.{method}.{field}={out[method][field]!r}; valid: "
+                f"{list(valid)}."
+            )
+    return out
+
+
+def build(loss_config=None, mesh: jax.sharding.Mesh | None = None) -> Callable[..., Any]:
+    """Builds ``loss_fn(out, batch=None, step=None) -> (loss, metrics)`` from ``config.loss``.
+
+    Args:
+      loss_config: ConfigDict or dict with the fields of :func:`default_loss_config`;
+        missing fields take its values. Unknown fields or values raise ``ValueError``
+        naming the valid choices.
+      mesh: the device mesh; required for ``impl='ring'``.
+
+    Returns:
+      ``loss_fn(out, batch=None, step=None)``. For ``'clip'``/``'siglip'``, ``out`` has
+      attributes ``zimg [B, D]``, ``ztxt [B, D]``, ``logit_scale`` (the multiplier t, not
+      its log) and ``logit_bias`` (SigLIP; may be absent/None for CLIP); ``batch`` and
+      ``step`` are unused. For the alignment objectives ``out`` is what
+      ``loss_fn.objective.forward`` returns. The metrics are float32 scalars: ``loss``,
+      ``logit_scale``, ``logit_bias`` (when present), ``i2t_acc`` and ``t2i_acc``
+      (in-batch top-1 retrieval accuracy over the global batch) and, for objectives, each
+      term as ``loss_<term>``. ``loss_fn.objective`` is the
+      :class:`alignjax.losses.objectives.Objective` the trainer consults (tokens, heads,
+      batch preparation, forward, data transforms, gradient accumulation).
+    """
+    cfg = _validated(loss_config)
+    from alignjax.losses import objectives  # Lazy: objectives imports this module.
+
+    if cfg["name"] in METHOD_LOSSES:
+        objective = objectives.build_objective(cfg)
+    else:
+        objective = objectives.Objective(cfg, _build_base(cfg, mesh))
+    if cfg["needs_tokens"]:
+        objective.needs_tokens = True
+
+    def loss_fn(out, batch=None, step=None):
+        return objective.loss(out, batch, step)
+
+    loss_fn.objective = objective
+    return loss_fn
+
+
+def _build_base(cfg: dict, mesh) -> Callable[[Any], tuple[jax.Array, dict[str, jax.Array]]]:
+    """``loss_fn(out)`` for the CLIP and SigLIP losses (dense or ring)."""
+    name, impl, batch_axes = cfg["name"], cfg["impl"], cfg["batch_axes"]
     if impl == "ring":
         if name == "clip":
             raise ValueError(

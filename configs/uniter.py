@@ -1,0 +1,34 @@
+"""CLIP + UNITER word-region alignment (IPOT optimal transport) on the demo data.
+
+Chen et al., "UNITER: UNiversal Image-TExt Representation Learning", ECCV 2020
+(arXiv:1909.11740); IPOT: Xie et al. 2018. Here the alignment is an auxiliary loss of a
+two-tower model: the OT distance between a caption's tokens and its image's patch tokens
+(positives) minus that to the next caption in the batch (negatives).
+
+  python -m alignjax.train --config configs/uniter.py --workdir runs/uniter
+
+Defaults as in UNITER: weight 0.1, beta 0.5, 50 IPOT iterations with 1 inner step, plan
+without gradient. UNITER applies WRA to the outputs of its single-stream transformer on ITM
+pairs; a two-tower model has no joint encoder, so the towers' token features stand in.
+"""
+
+import importlib.util
+import os
+
+
+def _demo_config():
+    """configs/demo.py's config: the same model, data, optimizer and evaluations."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'demo.py')
+    spec = importlib.util.spec_from_file_location('alignjax_demo_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config(arg=None):
+    if arg:
+        raise ValueError(f'configs/uniter.py takes no argument, got {arg!r}.')
+    c = _demo_config()
+    c.loss.name = 'uniter'
+    c.loss.uniter.weight = 0.1
+    return c

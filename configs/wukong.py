@@ -1,0 +1,36 @@
+"""Wukong reduced-token interaction on the demo data.
+
+Gu et al., "Wukong: A 100 Million Large-scale Chinese Cross-modal Pre-training Benchmark",
+NeurIPS 2022 Datasets and Benchmarks (arXiv:2202.06767). A learned TokenLearner-like layer
+reduces the 64 image patch tokens to K = 12 before FILIP's token-wise similarity
+(alignjax.losses.heads.TokenReduction; its parameters sit at `wukong_reduce/`).
+
+  python -m alignjax.train --config configs/wukong.py --workdir runs/wukong
+
+Defaults and why: K = 12 as Wukong's ViT-B/32 (49 patches), 8 groups in the grouped 1x1
+convolutions. Wukong locks a pre-trained image tower (LiT); the demo has no pre-trained
+tower, so the image tower trains here. With converted weights add
+`--config.optim.freeze='("img/.*",)'` (the reduction layer stays trainable).
+"""
+
+import importlib.util
+import os
+
+
+def _demo_config():
+    """configs/demo.py's config: the same model, data, optimizer and evaluations."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'demo.py')
+    spec = importlib.util.spec_from_file_location('alignjax_demo_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config(arg=None):
+    if arg:
+        raise ValueError(f'configs/wukong.py takes no argument, got {arg!r}.')
+    c = _demo_config()
+    c.loss.name = 'wukong'
+    c.loss.wukong.num_tokens = 12
+    c.loss.wukong.groups = 8
+    return c

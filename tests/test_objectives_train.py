@@ -1,0 +1,151 @@
+"""Objectives inside the trainer: heads, batch preparation, GradCache, pipeline transforms."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tiny_config
+
+from alignjax import data as data_lib
+from alignjax import models, optim, train
+from alignjax.data import method_transforms as mt
+from alignjax.losses import heads
+
+
+def _batch(rng, n=32, k=2):
+    return {
+        'image': rng.normal(size=(n, 16, 16, 3)).astype(np.float32),
+        'image_local': rng.normal(size=(n, 16, 16, 3)).astype(np.float32),
+        'tokens': _tokens(rng, n),
+        'summary_tokens': _tokens(rng, n),
+        'sub_tokens': _tokens(rng, n * k).reshape(n, k, 8),
+    }
+
+
+def _tokens(rng, n):
+    """CLIP-convention rows: BOS, words, EOT (255, the largest id), padding."""
+    out = np.zeros((n, 8), np.int32)
+    lengths = rng.integers(1, 6, size=n)
+    for i, length in enumerate(lengths):
+        out[i, 0] = 1
+        out[i, 1 : 1 + length] = rng.integers(3, 250, size=length)
+        out[i, 1 + length] = 255
+    return out
+
+
+def _config(name, **loss):
+    c = tiny_config.get_config()
+    c.batch_size = 8
+    c.mesh = {'data': 2, 'fsdp': 1, 'tensor': 1}
+    c.loss.name = name
+    for k, v in loss.items():
+        c.loss[name][k] = v
+    return c
+
+
+@pytest.mark.slow
+def test_objective_grad_accumulation_equals_full_batch():
+    """GradCache over 2 micro-batches reproduces the one-batch loss and gradient for an
+    objective with batch preparation (MLM masks), two forward passes and a head."""
+    c = _config('lightclip', mlm_weight=0.5, mlm_prob=0.5, chunk_size=3)
+    t = train.build_trainer(c, jax.devices()[:2])
+    state = t.init_fn()
+    assert 'mlm_head' in state.params
+    obj = t.loss_fn.objective
+    batch = t.global_batch(_batch(np.random.default_rng(0), n=8))
+    batch = obj.prepare(batch, jax.random.key(1), 0)
+    assert int(jnp.sum(batch['mlm_labels'] != -100)) > 0
+
+    def forward(params, b):
+        return obj.forward(lambda *a, **k: t.model.apply({'params': params}, *a, **k), b)
+
+    def loss_fn(out):
+        return t.loss_fn(out, batch, 0)
+
+    def full(params):
+        return jax.value_and_grad(lambda p: loss_fn(forward(p, batch)), has_aux=True)(params)
+
+    with jax.set_mesh(t.mesh):
+        (loss_full, m_full), g_full = jax.jit(full)(state.params)
+        loss_acc, m_acc, g_acc = jax.jit(
+            lambda p: train.accumulated_grads(forward, p, batch, loss_fn, 2)
+        )(state.params)
+    np.testing.assert_allclose(loss_acc, loss_full, rtol=1e-5)
+    assert float(m_full['loss_mlm']) > 0 and float(m_full['loss_tok']) > 0
+    np.testing.assert_allclose(m_acc['loss_mlm'], m_full['loss_mlm'], rtol=1e-5)
+    flat_full = dict(
+        zip(jax.tree_util.tree_leaves(optim.tree_paths(g_full)), jax.tree_util.tree_leaves(g_full))
+    )
+    flat_acc = dict(
+        zip(jax.tree_util.tree_leaves(optim.tree_paths(g_acc)), jax.tree_util.tree_leaves(g_acc))
+    )
+    assert any(p.startswith('mlm_head/') for p in flat_full)
+    scale = max(float(jnp.abs(g).max()) for g in flat_full.values())
+    for path, g in flat_full.items():
+        np.testing.assert_allclose(flat_acc[path], g, atol=1e-5 * scale, rtol=1e-4, err_msg=path)
+
+
+def test_heads_do_not_change_inference_outputs():
+    c = _config('wukong')
+    base = models.build(c.model)
+    model = heads.with_heads(base, {'wukong': {'num_tokens': 3, 'groups': 4}})
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
+    tokens = jnp.asarray(_tokens(rng, 2))
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, tokens)['params'])
+    assert 'wukong_reduce' in params
+    tower_params = {k: v for k, v in params.items() if k != 'wukong_reduce'}
+    for method, x in (('encode_image', images), ('encode_text', tokens)):
+        a = jax.jit(lambda p, x, m=method: model.apply({'params': p}, x, method=m))(params, x)
+        b = jax.jit(lambda p, x, m=method: base.apply({'params': p}, x, method=m))(tower_params, x)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_clim_refuses_gradient_accumulation():
+    c = _config('clim')
+    c.grad_accum_steps = 2
+    with pytest.raises(ValueError, match='mixes examples'):
+        train.build_trainer(c, jax.devices()[:2])
+
+
+def test_method_transforms_in_the_pipeline():
+    tok = data_lib.build_tokenizer({'name': 'word_hash', 'vocab_size': 256, 'context_length': 8})
+    src = data_lib.get_source('synthetic:shapes?extra_captions=true', 'train', image_size=16)
+    transforms = (mt.TwoViews(), mt.TokenizeSummary(tok), mt.SampleSubCaptions(tok, num=3))
+    it = data_lib.make_train_iterator(
+        src, tokenizer=tok, global_batch_size=4, seed=0, extra_transforms=transforms
+    )
+    b = next(it)
+    it.close()
+    assert b['image'].dtype == np.float32 and b['image_local'].shape == (4, 16, 16, 3)
+    assert b['image_local'].min() >= -1.0 and b['image_local'].max() <= 1.0
+    assert b['summary_tokens'].shape == (4, 8) and b['sub_tokens'].shape == (4, 3, 8)
+    assert not np.array_equal(b['image'], b['image_local'])
+    # Sub-captions are sentences of the long caption; without one, the caption itself.
+    ex = {'caption': 'a red circle', 'long_caption': 'one. two.\nthree</s>four'}
+    assert mt.split_sentences(ex['long_caption']) == ['one', 'two', 'three', 'four']
+    out = mt.SampleSubCaptions(tok, num=4).random_map(ex, np.random.default_rng(0))
+    assert sorted(map(tuple, out['sub_tokens'].tolist())) == sorted(
+        map(tuple, tok(['one', 'two', 'three', 'four']).tolist())
+    )
+    fallback = mt.SampleSubCaptions(tok, num=2).random_map(
+        {'caption': 'a red circle'}, np.random.default_rng(0)
+    )
+    assert (fallback['sub_tokens'] == tok(['a red circle'])[0]).all()
+
+
+def test_extra_captions_leave_the_default_examples_unchanged():
+    plain = data_lib.ShapesDataset('train', 32, seed=3)
+    extra = data_lib.ShapesDataset('train', 32, seed=3, extra_captions=True)
+    for i in range(5):
+        a, b = plain[i], extra[i]
+        assert a['caption'] == b['caption'] and np.array_equal(a['image'], b['image'])
+        assert 'summary' in b and len(mt.split_sentences(b['long_caption'])) == 4
+        assert 'summary' not in a
+
+
+def test_optimizer_sees_head_parameters():
+    t = train.build_trainer(_config('dreamlip'), jax.devices()[:2])
+    paths = jax.tree_util.tree_leaves(optim.tree_paths(t.abstract_state.params))
+    assert 'group_log_scale' in paths
