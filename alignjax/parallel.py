@@ -12,6 +12,7 @@ any mesh), and one mesh axis is never used twice in a spec.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -127,6 +128,34 @@ def param_shardings(boxed_abstract: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any
     return jax.tree_util.tree_map(
         one, boxed_abstract, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
     )
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh):
+    """The mesh and the logical axis rules, for tracing model code.
+
+    Flax's `with_logical_constraint` is a silent no-op without rules in context, and jit
+    traces at the first *call*, not at `jax.jit(...)`: code that jits a model must trace it
+    inside this context, or its activation sharding constraints vanish.
+    """
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        yield
+
+
+class MeshJit:
+    """A jitted function that is always traced (called or lowered) in `mesh_context`."""
+
+    def __init__(self, jitted, mesh: Mesh):
+        self.jitted = jitted
+        self.mesh = mesh
+
+    def __call__(self, *args, **kwargs):
+        with mesh_context(self.mesh):
+            return self.jitted(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        with mesh_context(self.mesh):
+            return self.jitted.lower(*args, **kwargs)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -47,6 +47,8 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # Key data (uint32), split once per step.
+    # int32 scalar: updates dropped for a NaN/Inf under nan_policy='skip' (cumulative).
+    nonfinite_steps: jax.Array
 
 
 # --------------------------------------------------------------------------------------
@@ -83,7 +85,7 @@ def init_inputs(config: ConfigDict, batch: int) -> tuple[jax.ShapeDtypeStruct, .
 def abstract_params(model: nn.Module, config: ConfigDict, mesh: jax.sharding.Mesh):
     """(abstract params, their shardings) from one abstract trace of `model.init`."""
     images, tokens = init_inputs(config, parallel.batch_size_per_shard(mesh))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
+    with parallel.mesh_context(mesh):
         boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), images, tokens)['params'])
     return nn.unbox(boxed), parallel.param_shardings(boxed, mesh)
 
@@ -113,6 +115,7 @@ def create_train_state(
         params=param_shardings,
         opt_state=_opt_state_shardings(abstract_opt, by_path, mesh),
         rng=rep,
+        nonfinite_steps=rep,
     )
 
     def make_state(seed):
@@ -123,10 +126,11 @@ def create_train_state(
             params=params,
             opt_state=tx.init(params),
             rng=jax.random.key_data(train_rng),
+            nonfinite_steps=jnp.zeros((), jnp.int32),
         )
 
     def init_fn():
-        with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
+        with parallel.mesh_context(mesh):
             return jax.jit(make_state, static_argnums=0, out_shardings=shardings)(config.seed)
 
     abstract_state = TrainState(
@@ -134,6 +138,7 @@ def create_train_state(
         params=params,
         opt_state=abstract_opt,
         rng=jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
+        nonfinite_steps=jax.ShapeDtypeStruct((), jnp.int32),
     )
     abstract_state = checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
     return abstract_state, shardings, init_fn
@@ -241,12 +246,26 @@ def make_train_step(
 ) -> Callable:
     """The pure train step: (state, batch) -> (new_state, metrics).
 
-    Non-finite loss or gradients: the update is not applied (the returned state equals the
-    input state, step included) and `metrics['finite']` is False; the loop then halts, so a
-    NaN never reaches the parameters or a checkpoint.
+    Non-finite loss or gradients: the update is not applied and `metrics['finite']` is
+    False. nan_policy='halt': the returned state equals the input state (step included) and
+    the loop stops; 'skip': parameters and optimizer state are kept, the step and rng
+    advance and `nonfinite_steps` counts it. Either way a NaN never reaches the parameters
+    or a checkpoint.
     """
     frozen = tuple(config.optim.freeze)
-    return_tokens = bool(config.loss.get('needs_tokens', False))
+    # The objective (losses.objectives) says which model calls and batch keys its loss
+    # needs; a bare loss function gets one forward pass of (image, tokens).
+    objective = getattr(loss_fn, 'objective', None)
+    return_tokens = bool(config.loss.get('needs_tokens', False)) or bool(
+        getattr(objective, 'needs_tokens', False)
+    )
+    if config.grad_accum_steps > 1 and not getattr(objective, 'supports_accumulation', True):
+        raise ValueError(
+            f'config.loss.name={config.loss.name!r} cannot use grad_accum_steps='
+            f'{config.grad_accum_steps}: its forward pass mixes examples of the batch, so '
+            f'micro-batches would not reproduce the full-batch gradient. Set '
+            f'grad_accum_steps=1 (and lower batch_size or use remat to save memory).'
+        )
 
     def forward(params, batch, rng=None):
         if frozen:  # No backward pass through frozen towers (LiT): they are constants.
@@ -254,23 +273,33 @@ def make_train_step(
             params = jax.tree_util.tree_map(
                 lambda f, p: jax.lax.stop_gradient(p) if f else p, mask, params
             )
-        return model.apply(
-            {'params': params},
-            batch['image'],
-            batch['tokens'],
-            return_tokens=return_tokens,
-            train=True,
-        )
+
+        def apply(*args, **kwargs):
+            return model.apply({'params': params}, *args, **kwargs)
+
+        if objective is not None:
+            return objective.forward(apply, batch, return_tokens)
+        return apply(batch['image'], batch['tokens'], return_tokens=return_tokens, train=True)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        step_loss = loss_fn
+        if objective is not None:
+            # Batch-level randomness (e.g. MLM masks) is drawn once, before any micro-batch
+            # split, so gradient accumulation sees the same batch as one big step.
+            prep_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1)
+            batch = objective.prepare(batch, prep_rng, state.step)
+
+            def step_loss(out):
+                return loss_fn(out, batch, state.step)
+
         if config.grad_accum_steps > 1:
             loss, metrics, grads = accumulated_grads(
-                forward, state.params, batch, loss_fn, config.grad_accum_steps
+                forward, state.params, batch, step_loss, config.grad_accum_steps
             )
         else:
 
             def loss_of(params):
-                return loss_fn(forward(params, batch))
+                return step_loss(forward(params, batch))
 
             (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
 
@@ -279,12 +308,29 @@ def make_train_step(
         if config.optim.clamp_logit_scale:
             params = optim.clamp_logit_scale(params)
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # The new parameters too: a finite gradient can still overflow them (huge lr).
+        finite = (
+            jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(params))
+        )
 
         rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
-        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            rng=rng,
+            nonfinite_steps=state.nonfinite_steps,
+        )
+        if config.nan_policy == 'skip':
+            # Drop the update but count the step: the data iterator has consumed the batch,
+            # and the step must keep matching the iterator position for exact resume.
+            kept = state.replace(
+                step=state.step + 1, rng=rng, nonfinite_steps=state.nonfinite_steps + 1
+            )
+        else:  # 'halt': the state is left as it was; the loop stops at this step.
+            kept = state
         new_state = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(finite, new, old), new_state, state
+            lambda new, old: jnp.where(finite, new, old), new_state, kept
         )
 
         metrics = {f'train/{k}': v for k, v in metrics.items()}
@@ -294,6 +340,7 @@ def make_train_step(
                 'train/lr': schedule(state.step),
                 'train/grad_norm': grad_norm,
                 'train/param_norm': optax.tree.norm(state.params),
+                'train/nonfinite_steps': new_state.nonfinite_steps,
                 'finite': finite,
             }
         )
@@ -303,13 +350,15 @@ def make_train_step(
 
 
 def jit_train_step(train_step: Callable, state_shardings, mesh):
+    """jit with explicit shardings and a donated state; traced in `parallel.mesh_context`."""
     batch_sh = parallel.batch_sharding(mesh)
-    return jax.jit(
+    jitted = jax.jit(
         train_step,
         in_shardings=(state_shardings, batch_sh),
         out_shardings=(state_shardings, parallel.replicated(mesh)),
         donate_argnums=(0,),
     )
+    return parallel.MeshJit(jitted, mesh)
 
 
 # --------------------------------------------------------------------------------------
@@ -378,16 +427,15 @@ def build_trainer(config: ConfigDict, devices=None) -> Trainer:
     _check_consistency(config, tokenizer, mesh)
     model = models.build(config.model)
     loss_fn = losses.build(config.loss, mesh)
+    if hasattr(loss_fn, 'objective'):  # Trainable heads of the objective (Wukong, MLM, ...).
+        model = loss_fn.objective.wrap_model(model)
     optim_config = ConfigDict(dict(config.optim.to_dict(), total_steps=config.total_steps))
     params, param_sh = abstract_params(model, config, mesh)
     tx, schedule = optim.make_optimizer(optim_config, params)
     abstract_state, state_sh, init_fn = create_train_state(
         model, tx, config, mesh, params, param_sh
     )
-    with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
-        step_fn = jit_train_step(
-            make_train_step(model, loss_fn, tx, schedule, config), state_sh, mesh
-        )
+    step_fn = jit_train_step(make_train_step(model, loss_fn, tx, schedule, config), state_sh, mesh)
     return Trainer(
         config,
         mesh,
@@ -416,13 +464,26 @@ def make_train_iterator(config: ConfigDict, tokenizer):
         num_workers=config.data.num_workers,
         prefetch_buffer=config.data.prefetch_buffer,
         normalize=config.data.normalize,
+        extra_transforms=method_transforms(config, tokenizer),
     )
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[str, float]:
+def method_transforms(config: ConfigDict, tokenizer) -> tuple:
+    """The objective's per-example transforms (two views, sub-captions, ...), or ()."""
+    if config.loss.name in ('clip', 'siglip'):  # (A ring loss would also need the mesh.)
+        return ()
+    objective = losses.build(config.loss).objective
+    return tuple(objective.data_transforms(tokenizer, config.seed))
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[str, Any]:
     """Trains (resuming from `workdir` if it has checkpoints) and returns the final metrics.
 
-    `devices` defaults to all devices; tests pass a subset to compare meshes.
+    Resuming restores the newest *good* checkpoint (a corrupt or half-written one is moved
+    aside with a warning) and every process's data-iterator position, so the run continues
+    bit-identically. SIGTERM/SIGINT finish the current step, save, and return
+    `{'step': s, 'preempted': True, ...}` (the CLI then exits 0). `devices` defaults to all
+    devices; tests pass a subset to compare meshes.
     """
     t = build_trainer(config, devices)
     config, mesh, model, tokenizer = t.config, t.mesh, t.model, t.tokenizer
@@ -431,22 +492,31 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
     train_iter = make_train_iterator(config, tokenizer)
 
     ckpt = checkpoint_lib.Checkpointer(
-        os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints
+        os.path.join(workdir, 'checkpoints'),
+        keep=config.keep_checkpoints,
+        keep_every=config.keep_checkpoints_every,
     )
-    latest = ckpt.latest_step()
+    latest, state = ckpt.restore_latest(t.abstract_state, train_iter)
     if latest is not None:
-        state = ckpt.restore(latest, t.abstract_state, train_iter)
         _log(f'Resumed from step {latest} in {ckpt.directory}')
     else:
         state = t.init_fn()
         n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
         _log(f'Initialised {n_params / 1e6:.2f}M parameters on mesh {dict(mesh.shape)}')
+        if config.init_from.path:
+            state, report = checkpoint_lib.init_params_from(
+                config.init_from, state, t.abstract_state.params, config.optim.freeze
+            )
+            _log(report['text'])
+            if jax.process_index() == 0:
+                workdir_lib.write_json(os.path.join(workdir, 'init_from.json'), report)
 
     step_fn = t.step_fn
     evaluators = evaluate_lib.build_evaluators(config, model, tokenizer, mesh)
     writer = workdir_lib.MetricsWriter(workdir)
     start = int(jax.device_get(state.step))
     progress = workdir_lib.Progress(config.total_steps, start, config.batch_size)
+    halt_on_nan = config.nan_policy == 'halt'
 
     def run_evals(step: int, final: bool) -> dict[str, float]:
         results = {}
@@ -457,7 +527,24 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
             writer.write(step, results)
         return results
 
+    def save(step: int, metrics: dict[str, Any]) -> None:
+        if halt_on_nan and not bool(metrics['finite']):
+            _raise_non_finite(step, metrics)
+        # The step never applies a non-finite update; this guards the invariant itself.
+        if not checkpoint_lib.is_finite_tree((state.params, state.opt_state)):
+            raise NonFiniteError(
+                f'The train state at step {step} holds NaN or Inf; it was not saved. The '
+                f'last good checkpoint is in {ckpt.directory}.'
+            )
+        ckpt.save(step, state, train_iter, config)
+        writer.write(
+            step,
+            {'checkpoint/blocking_s': ckpt.last_blocking_s, 'checkpoint/wait_s': ckpt.last_wait_s},
+        )
+
+    watcher = checkpoint_lib.PreemptionWatcher()
     pending = None  # (step, metrics) of the previous step, checked one step late.
+    preempted = None
     eval_results: dict[str, float] = {}
     try:
         for step in range(start + 1, config.total_steps + 1):
@@ -465,30 +552,45 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
                 batch = parallel.make_global_batch(next(train_iter), mesh)
                 state, metrics = step_fn(state, batch)
             # Checking the previous step lets this one run while the host waits.
-            if pending is not None and not bool(pending[1]['finite']):
+            if halt_on_nan and pending is not None and not bool(pending[1]['finite']):
                 _raise_non_finite(*pending)
             pending = (step, metrics)
 
             if step % config.log_every_steps == 0 or step == config.total_steps:
-                if not bool(metrics['finite']):
+                if halt_on_nan and not bool(metrics['finite']):
                     _raise_non_finite(step, metrics)
                 host = {k: v for k, v in jax.device_get(metrics).items() if k != 'finite'}
                 host.update({f'train/{k}': v for k, v in progress.measure(step).items()})
+                host.update(_data_skipped(train_iter))
                 writer.write(step, host)
                 progress.report(step, host)
             last = step == config.total_steps
-            if not last and config.eval_every_steps and step % config.eval_every_steps == 0:
+            # Each evaluator at its own period (evals.<name>.every_steps, else eval_every_steps).
+            if not last and any(ev.due(step) for ev in evaluators):
                 eval_results = run_evals(step, final=False)
                 workdir_lib.print_table(f'Evaluation at step {step}', eval_results)
-            if last or step % config.checkpoint_every_steps == 0:
-                if not bool(metrics['finite']):
-                    _raise_non_finite(step, metrics)
-                ckpt.save(step, state, train_iter)
-        final_step = int(jax.device_get(state.step))
-        eval_results = run_evals(final_step, final=True)
+            stop = watcher.reached(step)
+            if last or stop or step % config.checkpoint_every_steps == 0:
+                save(step, metrics)
+            if stop:
+                preempted = step
+                break
+        if preempted is None:
+            final_step = int(jax.device_get(state.step))
+            eval_results = run_evals(final_step, final=True)
     finally:
+        watcher.close()
         ckpt.close()
         writer.close()
+
+    if preempted is not None:
+        where = os.path.join(ckpt.directory, str(preempted))
+        print(
+            f'{watcher.signal_name or "Preemption"}: saved step {preempted} to {where}; '
+            f'run the same command to resume.',
+            flush=True,
+        )
+        return {'step': preempted, 'preempted': True, 'checkpoint': where}
 
     summary = {'step': final_step, **{k: workdir_lib.to_python(v) for k, v in eval_results.items()}}
     if jax.process_index() == 0:
@@ -498,6 +600,20 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
         eval_results,
     )
     return summary
+
+
+def _data_skipped(train_iter) -> dict[str, int]:
+    """`data/skipped` (summed over processes) and `data/skipped/<reason>`, if reported."""
+    counts_fn = getattr(train_iter, 'skipped_counts', None)
+    if counts_fn is None:
+        return {}
+    total: dict[str, int] = {}
+    for counts in checkpoint_lib.gather_json(dict(counts_fn())):
+        for reason, n in counts.items():
+            total[reason] = total.get(reason, 0) + int(n)
+    out = {f'data/skipped/{reason}': n for reason, n in sorted(total.items())}
+    out['data/skipped'] = sum(total.values())
+    return out
 
 
 def _log(msg: str) -> None:

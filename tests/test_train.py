@@ -1,5 +1,6 @@
-"""The trainer: mesh equivalence, multi-process, exact gradient accumulation, resume,
-freezing, NaN handling and input errors. Tiny models; each run takes seconds."""
+"""The trainer: mesh equivalence, multi-process, exact gradient accumulation, freezing,
+NaN handling and input errors. Tiny models; each run takes seconds. Resume, kill and
+preemption: tests/test_checkpoint_faults.py."""
 
 import math
 import os
@@ -115,18 +116,6 @@ def test_two_processes_match_one(tmp_path, reference_8x1):
     np.testing.assert_allclose(_losses(workdir), reference_8x1, rtol=1e-5)
 
 
-def test_resume_continues_where_it_stopped(tmp_path):
-    common = dict(checkpoint_every_steps=3)
-    common['optim.schedule'] = 'constant'
-    straight, _ = _run(tmp_path, 'straight', total_steps=8, **common)
-    # Same workdir twice: 5 steps, then the run is extended to 8 and resumes from step 5.
-    _run(tmp_path, 'resumed', total_steps=5, **common)
-    resumed, _ = _run(tmp_path, 'resumed', total_steps=8, **common)
-    records = workdir_lib.read_metrics(resumed)
-    assert [r['step'] for r in records if 'train/loss' in r] == list(range(1, 9))
-    np.testing.assert_allclose(_losses(resumed), _losses(straight), rtol=1e-6)
-
-
 @pytest.mark.parametrize('loss', ['clip', 'siglip'])
 def test_grad_accumulation_equals_full_batch_gradient(loss):
     c = tiny_config.get_config('siglip' if loss == 'siglip' else None)
@@ -199,6 +188,20 @@ def test_frozen_image_tower_is_bit_identical(tmp_path):
     assert all(changed)
 
 
+def test_train_step_keeps_activation_sharding_constraints():
+    """The step must be traced with the logical axis rules in context: flax drops
+    `with_logical_constraint` silently without them (jit traces at the first call)."""
+    c = tiny_config.get_config()
+    c.mesh = dict(data=2, fsdp=4, tensor=1)
+    t = train.build_trainer(c)
+    batch = {
+        'image': jax.ShapeDtypeStruct((16, 16, 16, 3), jnp.float32),
+        'tokens': jax.ShapeDtypeStruct((16, 8), jnp.int32),
+    }
+    hlo = t.step_fn.lower(t.abstract_state, batch).as_text()
+    assert hlo.count('sharding_constraint') + hlo.count('Sharding') > 0
+
+
 def test_clip_logit_scale_is_clamped_after_update():
     c = tiny_config.get_config()
     c.model.logit_scale_init = math.exp(5.0)  # Above ln 100: the first update clamps it.
@@ -220,6 +223,17 @@ def test_nan_loss_stops_naming_step_and_saves_nothing(tmp_path):
     with pytest.raises(train.NonFiniteError, match=r'step 1: .*train/loss'):
         _run(tmp_path, 'nan', **{'model.logit_scale_init': float('inf')})
     ckpt_dir = tmp_path / 'nan' / 'checkpoints'
+    assert not ckpt_dir.exists() or not [p for p in os.listdir(ckpt_dir) if p.isdigit()]
+
+
+def test_nan_policy_skip_counts_and_never_saves_a_non_finite_state(tmp_path):
+    # An infinite logit scale: every loss is NaN, and the initial parameters hold an Inf.
+    overrides = {'model.logit_scale_init': float('inf'), 'nan_policy': 'skip'}
+    with pytest.raises(train.NonFiniteError, match=r'state at step 2 holds NaN or Inf'):
+        _run(tmp_path, 'skip', total_steps=3, checkpoint_every_steps=2, **overrides)
+    records = [r for r in workdir_lib.read_metrics(str(tmp_path / 'skip')) if 'train/loss' in r]
+    assert [r['train/nonfinite_steps'] for r in records] == [1, 2]  # Skipped, not halted.
+    ckpt_dir = tmp_path / 'skip' / 'checkpoints'
     assert not ckpt_dir.exists() or not [p for p in os.listdir(ckpt_dir) if p.isdigit()]
 
 
