@@ -11,6 +11,8 @@ error that names the closest valid one, instead of a silently ignored setting.
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -78,6 +80,22 @@ def base_config() -> ConfigDict:
 
 
 NAN_POLICIES = ('halt', 'skip')
+
+
+def load_config_file(path: str, arg: str | None = None) -> ConfigDict:
+    """`get_config(arg)` of the config file at `path`, as `--config path[:arg]` loads it.
+
+    Configs that build on another (e.g. every objective on `configs/demo.py`) use it instead
+    of importing a sibling file, which would depend on the working directory.
+    """
+    path = os.path.abspath(path)
+    name = 'alignjax_config_' + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or not os.path.exists(path):
+        raise FileNotFoundError(f'No config file at {path}.')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()
 
 
 def closest(name: str, valid: Iterable[str]) -> str:

@@ -13,17 +13,14 @@ relaxed bipartite token loss (each word takes its best patch) has weight 1; the 
 weight 0.1 and masks 15% of the words with the tokenizer's reserved id 2.
 """
 
-import importlib.util
 import os
+
+from alignjax.config import load_config_file
 
 
 def _demo_config():
     """configs/demo.py's config: the same model, data, optimizer and evaluations."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'demo.py')
-    spec = importlib.util.spec_from_file_location('alignjax_demo_config', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'demo.py'))
 
 
 def get_config(arg=None):

@@ -15,17 +15,14 @@ flags the paper's exact pairing, alpha and lambda as unverified: all three are c
 detector features the demo data do not have, so it is not used.
 """
 
-import importlib.util
 import os
+
+from alignjax.config import load_config_file
 
 
 def _demo_config():
     """configs/demo.py's config: the same model, data, optimizer and evaluations."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'demo.py')
-    spec = importlib.util.spec_from_file_location('alignjax_demo_config', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'demo.py'))
 
 
 def get_config(arg=None):

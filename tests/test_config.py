@@ -1,8 +1,12 @@
 """Config validation: every trainer field exists; misspellings name the valid field."""
 
+import os
+
 import pytest
 
 from alignjax import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 REQUIRED = (
     'total_steps',
@@ -50,3 +54,11 @@ def test_resolved_config_is_locked():
     c = config_lib.resolve(config_lib.base_config())
     with pytest.raises(AttributeError):
         c.new_field = 1
+
+
+def test_load_config_file_builds_on_another_config(tmp_path):
+    demo = config_lib.load_config_file(os.path.join(REPO, 'configs', 'demo.py'))
+    siglip = config_lib.load_config_file(os.path.join(REPO, 'configs', 'demo.py'), 'siglip')
+    assert (demo.loss.name, siglip.loss.name) == ('clip', 'siglip')
+    with pytest.raises(FileNotFoundError, match='No config file'):
+        config_lib.load_config_file(str(tmp_path / 'missing.py'))
