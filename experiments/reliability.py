@@ -247,7 +247,11 @@ def scenario_kill(root: str, reference: str, fault: str) -> dict:
         'killed': rc == -signal.SIGKILL,
         'left_on_disk': on_disk,
         'resume_rc': rc2,
-        'warnings': [l for l in out2.splitlines() if l.startswith('WARNING: Checkpoint')],
+        'warnings': [
+            l[l.index('WARNING: Checkpoint') :]
+            for l in out2.splitlines()
+            if 'WARNING: Checkpoint' in l
+        ],
     }
     result.update(
         compare(w, reference) if rc2 == 0 else {'bit_exact': False, 'error': out2[-2000:]}
@@ -325,7 +329,9 @@ def scenario_corrupt(root: str, reference: str, how: str) -> dict:
     shutil.copytree(reference, w)
     damaged = corrupt(w, how)
     ((rc, out),) = run(w)
-    warnings = [l for l in out.splitlines() if l.startswith('WARNING: Checkpoint')]
+    # stdout and stderr share one pipe, so another line's tail may precede the warning.
+    mark = 'WARNING: Checkpoint'
+    warnings = [l[l.index(mark) :] for l in out.splitlines() if mark in l]
     named = any(os.path.basename(damaged) in l.split(' is bad')[0] for l in warnings)
     result = {
         'scenario': f'corrupt: {how}',
