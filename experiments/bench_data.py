@@ -11,7 +11,9 @@ in the same run, for:
   crop 224 px with scale 0.9-1.0 bicubic, caption cleanup, tokenisation, normalisation,
   batching) with ``num_workers`` grain worker processes (0 = the main process);
 - ``open_clip``: open_clip's ``get_wds_dataset`` train pipeline with as many torch
-  DataLoader workers, when open_clip is installed;
+  DataLoader workers, when open_clip is installed (``open_clip_torch`` with its pinned
+  ``webdataset<=0.2.86``, pandas, torch and torchvision); both sides then tokenise with
+  CLIP's BPE;
 - ``pil_loop``: otherwise a plain PIL loop doing open_clip's per-sample work (read the tar
   sequentially, ``Image.open(...).convert('RGB')``, RandomResizedCrop(224, (0.9, 1.0),
   bicubic) + ToTensor/Normalize in numpy, tokenise), one process per worker, each reading
@@ -129,8 +131,9 @@ def bench_pil(pattern, workers, batch, warmup, steps, tok) -> float:
 
 
 def bench_open_clip(pattern, workers, batch, warmup, steps, tok) -> float:  # pragma: no cover
-    """open_clip's own webdataset train pipeline (untested here: open_clip's torchvision
-    does not fit this machine; the call follows open_clip_train.data.get_wds_dataset)."""
+    """open_clip's own webdataset train pipeline (``open_clip_train.data.get_wds_dataset``
+    with ViT-B-32's preprocessing: RandomResizedCrop(224, (0.9, 1.0), bicubic), ToTensor,
+    Normalize, CLIP BPE)."""
     import argparse as _argparse
 
     import open_clip
@@ -170,13 +173,16 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    tok = data.WordHashTokenizer(vocab_size=32000, context_length=77)
     try:
         import open_clip  # noqa: F401
 
         baseline, base_fn = "open_clip", bench_open_clip
+        # The same CLIP BPE (open_clip's vocabulary file) on both sides: equal work.
+        tok = data.build_tokenizer({"name": "clip_bpe", "context_length": 77})
     except ImportError:
         baseline, base_fn = "pil_loop", bench_pil
+        tok = data.WordHashTokenizer(vocab_size=32000, context_length=77)
+    print(f"tokenizer: {type(tok).__name__}; baseline: {baseline}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
