@@ -113,6 +113,41 @@ def test_sincos2d_posemb_values():
     np.testing.assert_allclose(pe[0, 5, 6:], np.cos([1.0, 1e-4]), rtol=1e-6)
 
 
+# ------------------------------------------------------------------------ layer norm
+
+
+@pytest.mark.parametrize("offset", [0.0, 300.0])
+def test_layer_norm_matches_two_pass_reference_values_and_grads(offset):
+    """The hand-written backward of layers.normalize equals autodiff of the textbook formula,
+    and the module equals flax's two-pass LayerNorm, also on large-mean activations."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 48)) * 2.0 + offset
+    ct = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+
+    def reference(x):
+        xc = x - x.mean(-1, keepdims=True)
+        return xc / jnp.sqrt((xc * xc).mean(-1, keepdims=True) + 1e-6)
+
+    y, vjp = jax.vjp(lambda x: layers.normalize(x, 1e-6), x)
+    y_ref, vjp_ref = jax.vjp(reference, x)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(vjp(ct)[0], vjp_ref(ct)[0], rtol=1e-4, atol=1e-5)
+
+    ours = layers.layer_norm("ln", jnp.float32, jnp.float32, 1e-6)
+    theirs = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False)
+    v = ours.init(jax.random.PRNGKey(2), x)
+    assert jax.tree.map(jnp.shape, nn.unbox(v)) == jax.tree.map(
+        jnp.shape, theirs.init(jax.random.PRNGKey(2), x)
+    )
+    v = {"params": {"scale": jnp.linspace(0.5, 1.5, 48), "bias": jnp.linspace(-1, 1, 48)}}
+    np.testing.assert_allclose(ours.apply(v, x), theirs.apply(v, x), rtol=1e-5, atol=1e-5)
+    g = jax.grad(lambda p, x: jnp.sum(ct * ours.apply(p, x)), argnums=(0, 1))(v, x)
+    g_ref = jax.grad(lambda p, x: jnp.sum(ct * theirs.apply(p, x)), argnums=(0, 1))(v, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g, g_ref)
+    # bf16 compute: statistics in float32, output cast.
+    bf = layers.layer_norm("ln", jnp.bfloat16, jnp.float32, 1e-6).apply(v, x.astype(jnp.bfloat16))
+    assert bf.dtype == jnp.bfloat16
+
+
 # ------------------------------------------------------------------------ text tower
 
 
