@@ -30,7 +30,10 @@ def shrink(c):
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 1, 0, 2
     c.grad_accum_steps = 1
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
-    c.data.train, c.data.image_size, c.data.num_workers = 'synthetic:shapes', 16, 0
+    # The embedded data, with the config's options (e.g. ?hard_negatives=true) kept.
+    options = c.data.train.partition('?')[2] if c.data.train.startswith('synthetic:') else ''
+    c.data.train = 'synthetic:shapes' + ('?' + options if options else '')
+    c.data.image_size, c.data.num_workers = 16, 0
     c.tokenizer.vocab_size, c.tokenizer.context_length = 256, 8
     c.tokenizer.name = 'word_hash'
     c.optim.warmup_steps = 1

@@ -1,4 +1,5 @@
-"""Invariants of the alignment objectives (reference/methods.md §0, 4, 5, 7, 8, 14, 15, 16).
+"""Invariants of the alignment objectives (reference/methods.md §0, 4, 5, 7, 8, 14, 15, 16;
+NegCLIP, which methods.md does not cover, from its paper).
 
 Pure-function tests on small random arrays; the trainer-level tests (heads, GradCache,
 pipeline transforms) use the tiny config of tests/tiny_config.py.
@@ -14,7 +15,17 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alignjax import losses
-from alignjax.losses import clim, dreamlip, heads, lightclip, pyramid, targets, tokenwise, uniter
+from alignjax.losses import (
+    clim,
+    dreamlip,
+    heads,
+    lightclip,
+    negclip,
+    pyramid,
+    targets,
+    tokenwise,
+    uniter,
+)
 from alignjax.losses.contrastive import clip_loss
 from alignjax.models.two_tower import l2_normalize
 
@@ -359,6 +370,54 @@ def test_builder_rejects_unknown_method_fields_and_values():
     assert losses.build({"name": "clip", "needs_tokens": True}).objective.needs_tokens
 
 
+# ----------------------------------------------------------------------------- negclip
+def test_negclip_is_clip_plus_the_negative_mass_term():
+    """L - L_clip = ½ mean_i log(1 + Σ_j e^{t x_i·n_j} / Σ_j e^{t x_i·y_j}) >= 0."""
+    zimg, ztxt = _pair(b=6, d=8, seed=1)
+    zneg = _unit(np.random.default_rng(2), 6, 8)
+    t = 7.0
+    loss = negclip.negclip_loss(zimg, ztxt, zneg, t)
+    pos, neg = t * zimg @ ztxt.T, t * zimg @ zneg.T
+    extra = 0.5 * jnp.mean(
+        jnp.log1p(jnp.exp(jax.nn.logsumexp(neg, axis=1) - jax.nn.logsumexp(pos, axis=1)))
+    )
+    np.testing.assert_allclose(loss, clip_loss(zimg, ztxt, t) + extra, rtol=1e-5)
+    assert float(extra) > 0
+
+
+def test_negclip_far_negatives_give_clip_and_close_ones_cost_more():
+    # Images share a direction e0; every negative points the other way: x·n ~ -0.95 while
+    # the texts score up to 1, so at t = 50 the negatives' softmax mass is ~e^-97.
+    rng = np.random.default_rng(3)
+    e0 = jnp.eye(8)[0]
+    zimg = l2_normalize(jnp.asarray(rng.normal(size=(5, 8)), jnp.float32) * 0.1 + e0)
+    ztxt = l2_normalize(zimg + 0.05 * jnp.asarray(rng.normal(size=(5, 8)), jnp.float32))
+    far = jnp.tile(-e0, (5, 1))
+    np.testing.assert_allclose(
+        negclip.negclip_loss(zimg, ztxt, far, 50.0), clip_loss(zimg, ztxt, 50.0), rtol=1e-6
+    )
+    # A negative that moves towards its image raises the loss; the gradient says so too.
+    rng = np.random.default_rng(4)
+    zneg = _unit(rng, 5, 8)
+    closer = l2_normalize(zneg + 2.0 * zimg)
+    assert negclip.negclip_loss(zimg, ztxt, closer, 5.0) > negclip.negclip_loss(
+        zimg, ztxt, zneg, 5.0
+    )
+    g = jax.grad(lambda n: negclip.negclip_loss(zimg, ztxt, n, 5.0))(zneg)
+    assert float(jnp.sum(g * zimg)) > 0  # Descent pushes each negative away from the images.
+
+
+def test_negclip_is_invariant_to_permuting_the_batch():
+    zimg, ztxt = _pair(b=7, d=8, seed=5)
+    zneg = _unit(np.random.default_rng(6), 7, 8)
+    perm = np.random.default_rng(7).permutation(7)
+    np.testing.assert_allclose(
+        negclip.negclip_loss(zimg, ztxt, zneg, 9.0),
+        negclip.negclip_loss(zimg[perm], ztxt[perm], zneg[perm], 9.0),
+        rtol=1e-6,
+    )
+
+
 # ----------------------------------------------------------------------------- objectives
 def _outputs(b=8, n1=4, n2=5, d=8, seed=0):
     from alignjax.models.two_tower import TwoTowerOutput
@@ -392,6 +451,16 @@ def test_objectives_reduce_to_clip_in_their_degenerate_case(name, cfg, wrap):
     scale = 2.0 if name == "pyramid" else 1.0  # Two peer pairs, each the CLIP loss.
     np.testing.assert_allclose(loss, scale * clip_loss(out.zimg, out.ztxt, 10.0), rtol=1e-5)
     assert {"loss", "logit_scale", "i2t_acc", "t2i_acc"} <= set(metrics)
+
+
+def test_negclip_objective_reports_its_clip_part():
+    out = _outputs()
+    fn = losses.build({"name": "negclip"})
+    zneg = _unit(np.random.default_rng(9), 8, 8)
+    loss, metrics = fn({"main": out, "zneg": zneg}, None, 0)
+    np.testing.assert_allclose(loss, negclip.negclip_loss(out.zimg, out.ztxt, zneg, 10.0))
+    np.testing.assert_allclose(metrics["loss_clip"], clip_loss(out.zimg, out.ztxt, 10.0))
+    assert float(loss) > float(metrics["loss_clip"])
 
 
 def test_clim_regions_and_frozen_text():

@@ -135,6 +135,61 @@ def test_method_transforms_in_the_pipeline():
     assert (fallback['sub_tokens'] == tok(['a red circle'])[0]).all()
 
 
+def test_hard_negative_captions_swap_one_attribute_and_never_a_held_out_pair():
+    from alignjax.data import synthetic
+
+    plain = data_lib.ShapesDataset('train', 32, seed=3)
+    hard = data_lib.ShapesDataset('train', 32, seed=3, hard_negatives=True)
+    held_out = {(s, c) for s, c in data_lib.ShapesDataset.held_out_pairs()}
+    colour_words = {w: c for c, ws in synthetic._COLOR_WORDS.items() for w in ws}
+    shape_words = {w: s for s, ws in synthetic._SHAPE_WORDS.items() for pair in ws for w in pair}
+    swapped_shapes = 0
+    for i in range(200):
+        a, b = plain[i], hard[i]
+        assert a['caption'] == b['caption'] and np.array_equal(a['image'], b['image'])
+        pos, neg = b['caption'], b['neg_caption']
+        assert neg != pos
+        # The same template and synonyms: only the swapped attribute's words differ (a
+        # swapped count also changes is/are and the plural).
+        if b['labels']['count'] == 1 or 'two' not in pos and 'pair' not in pos:
+            changed = [(p, n) for p, n in zip(pos.split(), neg.split()) if p != n]
+            assert len(pos.split()) != len(neg.split()) or 1 <= len(changed) <= 2, (pos, neg)
+        words = neg.replace(',', ' ').split()
+        colours = [colour_words[w] for w in words if w in colour_words]
+        shapes = [shape_words[w] for w in words if w in shape_words]
+        if colours and shapes:
+            assert (shapes[0], colours[0]) not in held_out, neg
+        label_shape = synthetic.SHAPES[b['labels']['shape']]
+        swapped_shapes += bool(shapes) and shapes[0] != label_shape
+    assert swapped_shapes > 150  # Shape is swapped whenever the caption names it (~95%).
+
+
+def test_negclip_trains_through_the_pipeline_and_needs_negatives():
+    tok = data_lib.build_tokenizer({'name': 'word_hash', 'vocab_size': 256, 'context_length': 24})
+    src = data_lib.get_source('synthetic:shapes?hard_negatives=true', 'train', image_size=16)
+    it = data_lib.make_train_iterator(
+        src,
+        tokenizer=tok,
+        global_batch_size=4,
+        seed=0,
+        extra_transforms=(mt.TokenizeNegative(tok),),
+    )
+    b = next(it)
+    it.close()
+    assert b['neg_tokens'].shape == (4, 24) and not np.array_equal(b['neg_tokens'], b['tokens'])
+    with pytest.raises(ValueError, match='hard_negatives=true'):
+        mt.TokenizeNegative(tok).map({'caption': 'a red circle'})
+
+    c = _config('negclip')
+    t = train.build_trainer(c, jax.devices()[:2])
+    state = t.init_fn()
+    rng = np.random.default_rng(0)
+    batch = t.global_batch({**_batch(rng, n=8), 'neg_tokens': _tokens(rng, 8)})
+    state, metrics = t.step_fn(state, batch)
+    assert np.isfinite(float(metrics['train/loss']))
+    assert float(metrics['train/loss']) > float(metrics['train/loss_clip'])
+
+
 def test_extra_captions_leave_the_default_examples_unchanged():
     plain = data_lib.ShapesDataset('train', 32, seed=3)
     extra = data_lib.ShapesDataset('train', 32, seed=3, extra_captions=True)

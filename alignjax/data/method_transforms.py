@@ -10,6 +10,8 @@ module-level dataclass (picklable) with ``random_map(example, rng)``, the rng se
   ``'image_local'`` <- a local random crop (smaller area), both at the decoded size.
 * :class:`TokenizeSummary` (PyramidCLIP): ``'summary_tokens'`` [L] from ``'summary'``
   (the caption when the source gives no summary).
+* :class:`TokenizeNegative` (NegCLIP): ``'neg_tokens'`` [L] from a hard negative caption
+  (``'neg_caption'``; required: a negative must never silently be the caption itself).
 * :class:`SampleSubCaptions` (DreamLIP): ``'sub_tokens'`` [K, L] from K sentences sampled
   from ``'long_caption'`` (else the caption), split on newlines, ``</s>`` and ``.``.
 """
@@ -24,7 +26,13 @@ import numpy as np
 
 from alignjax.data import transforms as T
 
-__all__ = ["SampleSubCaptions", "TokenizeSummary", "TwoViews", "split_sentences"]
+__all__ = [
+    "SampleSubCaptions",
+    "TokenizeNegative",
+    "TokenizeSummary",
+    "TwoViews",
+    "split_sentences",
+]
 
 _SENTENCE_RE = re.compile(r"\n|</s>|\.")
 
@@ -61,6 +69,27 @@ class TokenizeSummary:
         out = dict(example)
         text = example.get(self.key) or example["caption"]
         out["summary_tokens"] = np.asarray(self.tokenizer([str(text)])[0], np.int32)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeNegative:
+    """``'neg_tokens'`` = tokenizer(example[key]) (int32 [L]); a missing or empty negative is
+    an error (the source must provide one, e.g. ``synthetic:shapes?hard_negatives=true``)."""
+
+    tokenizer: Any
+    key: str = "neg_caption"
+
+    def map(self, example: dict[str, Any]) -> dict[str, Any]:
+        text = example.get(self.key)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(
+                f"NegCLIP needs a hard negative caption in field {self.key!r} of every example, "
+                f"got {text!r}. Use a source that writes one (synthetic:shapes?"
+                f"hard_negatives=true, or a CSV/JSONL column named by loss.negclip.neg_key)."
+            )
+        out = dict(example)
+        out["neg_tokens"] = np.asarray(self.tokenizer([text])[0], np.int32)
         return out
 
 

@@ -39,6 +39,10 @@ carry ``'summary'`` (e.g. "a crimson circle") and ``'long_caption'``, four sente
 each state some attributes (e.g. "there is a disk. a disk that is red. a large disk. a
 circle on the left."), for PyramidCLIP summaries and DreamLIP sub-captions; they are drawn
 from a separate random stream, so images and captions are the same as without them.
+With ``hard_negatives=True`` (``synthetic:shapes?hard_negatives=true``) examples also carry
+``'neg_caption'``: the caption with one attribute swapped (the shape, else the first other
+mentioned attribute; same template and synonyms), for NegCLIP-style hard negatives
+(``loss.name='negclip'``); swapped (shape, colour) pairs stay among the split's pairs.
 The grain pipelines (``alignjax.data.pipeline``) flatten ``labels`` into ``label_<attr>``
 int32 keys.
 """
@@ -243,6 +247,7 @@ class ShapesDataset:
         seed: int = 0,
         num_examples: int | None = None,
         extra_captions: bool = False,
+        hard_negatives: bool = False,
     ):
         if split not in _SPLITS:
             raise ValueError(f"Unknown split {split!r}; valid splits: {sorted(_SPLITS)}.")
@@ -255,6 +260,7 @@ class ShapesDataset:
         self.seed = int(seed)
         self.num_examples = int(num_examples or _DEFAULT_SIZES[split])
         self.extra_captions = bool(extra_captions)
+        self.hard_negatives = bool(hard_negatives)
         self._pairs = _HELD_OUT if split == "test" else _SEEN
         s = self.image_size
         # Pixel-centre coordinates, shared by all examples.
@@ -274,8 +280,11 @@ class ShapesDataset:
         u = rng.random(12)
         labels = self._sample_labels(u)
         image = self._render(labels, u, rng)
+        caption_state = rng.bit_generator.state
         caption = self._caption(labels, rng)
         example = {"image": image, "caption": caption, "labels": labels}
+        if self.hard_negatives:
+            example["neg_caption"] = self._hard_negative(labels, caption, caption_state, u[8])
         if self.extra_captions:
             extra_rng = np.random.default_rng([self.seed, _SPLITS[self.split], index, 1])
             example.update(self._extra_captions(labels, extra_rng))
@@ -412,6 +421,27 @@ class ShapesDataset:
             patch += alpha * (color - patch)
         return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
+    def _hard_negative(self, labels: dict[str, int], caption: str, state, u: float) -> str:
+        """The caption with one attribute swapped: the same template and synonym draws (the
+        caption's random stream replayed), another shape, else colour, size, count or
+        position, whichever the caption mentions first. A swapped shape or colour keeps the
+        (shape, colour) pair among this split's pairs, so held-out pairs never appear, not
+        even as negative text."""
+        for attr in ("shape", "color", "size", "count", "position"):
+            options = []
+            for k in range(len(ATTRIBUTES[attr])):
+                swapped = dict(labels, **{attr: k})
+                if k != labels[attr] and (swapped["shape"], swapped["color"]) in self._pairs:
+                    options.append(k)
+            if not options:
+                continue
+            rng = np.random.default_rng()
+            rng.bit_generator.state = state
+            negative = self._caption(labels, rng, swap={attr: options[int(u * len(options))]})
+            if negative != caption:
+                return negative
+        raise AssertionError(f"no hard negative for {caption!r}")  # every caption says some
+
     def _extra_captions(self, labels: dict[str, int], rng) -> dict[str, str]:
         """A short summary and a four-sentence long caption (only dataset words)."""
 
@@ -437,24 +467,33 @@ class ShapesDataset:
             "long_caption": ". ".join(fix) + ".",
         }
 
-    def _caption(self, labels: dict[str, int], rng) -> str:
-        def pick(options):
-            return options[int(rng.integers(len(options)))]
+    def _caption(self, labels: dict[str, int], rng, swap: dict[str, int] | None = None) -> str:
+        """A caption of ``labels``; with ``swap`` ({attr: other label}) the caption of the
+        swapped labels that replays the same random draws (``rng`` in the same state):
+        word ``k`` of a swapped attribute becomes word ``k mod n`` of the new one."""
+        swap = swap or {}
+
+        def pick(options, attr=None, table=None):
+            k = int(rng.integers(len(options)))  # as many draws as for the true labels
+            if attr in swap:
+                new = table[ATTRIBUTES[attr][swap[attr]]]
+                return new[k % len(new)]
+            return options[k]
 
         m = rng.random(4)
-        two = labels["count"] == 1
-        det = pick(_COUNT_WORDS[COUNTS[labels["count"]]])
+        two = (swap.get("count", labels["count"])) == 1
+        det = pick(_COUNT_WORDS[COUNTS[labels["count"]]], "count", _COUNT_WORDS)
         if m[3] < _P_MENTION["shape"]:
-            noun = pick(_SHAPE_WORDS[SHAPES[labels["shape"]]])[int(two)]
+            noun = pick(_SHAPE_WORDS[SHAPES[labels["shape"]]], "shape", _SHAPE_WORDS)[int(two)]
         else:
             noun = pick(_GENERIC_NOUNS)[int(two)]
         adjs = []
         if m[0] < _P_MENTION["size"]:
-            adjs.append(pick(_SIZE_WORDS[SIZES[labels["size"]]]))
+            adjs.append(pick(_SIZE_WORDS[SIZES[labels["size"]]], "size", _SIZE_WORDS))
         if m[2] < _P_MENTION["color"]:
-            adjs.append(pick(_COLOR_WORDS[COLORS[labels["color"]]]))
+            adjs.append(pick(_COLOR_WORDS[COLORS[labels["color"]]], "color", _COLOR_WORDS))
         pos = (
-            pick(_POSITION_WORDS[POSITIONS[labels["position"]]])
+            pick(_POSITION_WORDS[POSITIONS[labels["position"]]], "position", _POSITION_WORDS)
             if m[1] < _P_MENTION["position"]
             else ""
         )

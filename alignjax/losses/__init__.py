@@ -11,8 +11,8 @@ Public API:
 Shared primitives (targets.py, tokenwise.py): hard/softened/smoothed/label/multi-positive
 targets, symmetric_contrastive, kl_soft, token_similarity (masked, chunked), filip_loss.
 Methods: pyramid.py (PyramidCLIP), lightclip.py, dreamlip.py, uniter.py (IPOT word-region
-alignment), wukong.py (+ heads.TokenReduction), clim.py; objectives.py wires each into the
-trainer. See docs/OBJECTIVES.md.
+alignment), wukong.py (+ heads.TokenReduction), clim.py, negclip.py; objectives.py wires
+each into the trainer. See docs/OBJECTIVES.md.
 """
 
 from alignjax.losses.contrastive import (

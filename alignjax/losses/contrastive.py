@@ -33,7 +33,16 @@ __all__ = [
 ]
 
 BASE_LOSSES = ("clip", "siglip")
-METHOD_LOSSES = ("filip", "pyramid", "lightclip", "dreamlip", "uniter", "wukong", "clim")
+METHOD_LOSSES = (
+    "filip",
+    "pyramid",
+    "lightclip",
+    "dreamlip",
+    "uniter",
+    "wukong",
+    "clim",
+    "negclip",
+)
 LOSS_NAMES = BASE_LOSSES + METHOD_LOSSES
 LOSS_IMPLS = ("dense", "ring")
 _CONFIG_FIELDS = ("name", "impl", "batch_axes", "needs_tokens") + METHOD_LOSSES

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from alignjax.losses import clim as clim_lib
 from alignjax.losses import dreamlip as dreamlip_lib
 from alignjax.losses import lightclip as lightclip_lib
+from alignjax.losses import negclip as negclip_lib
 from alignjax.losses import pyramid as pyramid_lib
 from alignjax.losses import tokenwise
 from alignjax.losses import uniter as uniter_lib
@@ -83,6 +84,9 @@ def method_config_defaults() -> dict[str, dict[str, Any]]:
             "num_mosaics": 0,  # Mosaics per batch; 0: as many as use half the batch.
             "freeze_text": False,  # CLIM freezes the (pre-trained) text tower.
             "global_weight": 0.0,  # Extra plain CLIP loss on the whole batch.
+        },
+        "negclip": {
+            "neg_key": "neg_caption",  # Example field holding the hard negative caption.
         },
     }
 
@@ -424,7 +428,30 @@ class Clim(Objective):
         return loss, self._metrics(loss, main, **parts)
 
 
-_CLASSES = {cls.name: cls for cls in (Filip, Wukong, Pyramid, LightClip, DreamLip, UniterWra, Clim)}
+class NegClip(Objective):
+    """NegCLIP: each image's hard negative caption joins the image->text softmax."""
+
+    name = "negclip"
+
+    def data_transforms(self, tokenizer, seed=0):
+        from alignjax.data import method_transforms as mt
+
+        return (mt.TokenizeNegative(tokenizer, key=self.cfg["negclip"]["neg_key"]),)
+
+    def forward(self, apply, batch, return_tokens=False):
+        main = super().forward(apply, batch, return_tokens)
+        return {"main": main, "zneg": apply(None, batch["neg_tokens"], train=True).ztxt}
+
+    def loss(self, out, batch, step):
+        main = out["main"]
+        loss = negclip_lib.negclip_loss(main.zimg, main.ztxt, out["zneg"], main.logit_scale)
+        clip = clip_loss(main.zimg, main.ztxt, main.logit_scale)
+        return loss, self._metrics(loss, main, clip=clip)
+
+
+_CLASSES = {
+    cls.name: cls for cls in (Filip, Wukong, Pyramid, LightClip, DreamLip, UniterWra, Clim, NegClip)
+}
 assert set(_CLASSES) == set(METHODS)
 
 

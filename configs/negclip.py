@@ -1,0 +1,34 @@
+"""NegCLIP on the demo data: each caption's hard negative joins the image->text softmax.
+
+Yuksekgonul et al., "When and why vision-language models behave like bags-of-words, and
+what to do about it?", ICLR 2023 (arXiv:2210.01936). The shapes dataset writes, per
+example, the caption with its shape swapped (else another mentioned attribute), same
+template and synonyms (`hard_negatives=true`; a swapped (shape, colour) pair is always a
+training pair); the pipeline tokenises it in the workers (method_transforms.TokenizeNegative).
+
+  python -m alignjax.train --config configs/negclip.py --workdir runs/negclip
+
+Loss (alignjax/losses/negclip.py): CLIP's symmetric InfoNCE where the image->text softmax
+runs over the B captions and the B hard negatives; `train/loss_clip` logs the plain CLIP
+part. The paper also mines hard negative images; here a batch of random examples serves.
+With another source, name the field that holds the negative caption in
+`--config.loss.negclip.neg_key` (a CSV/JSONL column).
+"""
+
+import os
+
+from alignjax.config import load_config_file
+
+
+def _demo_config():
+    """configs/demo.py's config: the same model, data, optimizer and evaluations."""
+    return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'demo.py'))
+
+
+def get_config(arg=None):
+    if arg:
+        raise ValueError(f'configs/negclip.py takes no argument, got {arg!r}.')
+    c = _demo_config()
+    c.data.train = 'synthetic:shapes?hard_negatives=true'
+    c.loss.name = 'negclip'
+    return c
