@@ -164,6 +164,30 @@ def test_images_show_the_labelled_attributes():
             assert max(a) < min(areas[(shape, count, 1)]), (shape, count)
 
 
+def test_caption_colour_rate_and_object_scale_options():
+    from alignjax.data import synthetic
+
+    colour_words = {w for ws in synthetic._COLOR_WORDS.values() for w in ws}
+
+    def colour_rate(ds):
+        return np.mean([bool(colour_words & set(ds[i]["caption"].split())) for i in range(300)])
+
+    assert colour_rate(data.ShapesDataset("train", 32)) > 0.9
+    assert colour_rate(data.get_source("synthetic:shapes?color_mention=0.0", "train")) == 0.0
+    assert 0.35 < colour_rate(data.ShapesDataset("train", 32, color_mention=0.5)) < 0.65
+    # Same images whatever the captions say; larger objects with object_scale.
+    plain, scaled = data.ShapesDataset("val", 32), data.ShapesDataset("val", 32, object_scale=1.15)
+    no_colour = data.ShapesDataset("val", 32, color_mention=0.0)
+    for i in range(20):
+        assert np.array_equal(plain[i]["image"], no_colour[i]["image"])
+        assert plain[i]["labels"] == scaled[i]["labels"]
+        assert _object_pixels(scaled[i]["image"]).sum() > _object_pixels(plain[i]["image"]).sum()
+    with pytest.raises(ValueError, match="probability"):
+        data.ShapesDataset("train", 32, color_mention=1.5)
+    with pytest.raises(ValueError, match=r"object_scale must be in \[0.5, 1.2\]"):
+        data.ShapesDataset("train", 32, object_scale=2.0)
+
+
 def test_zero_shot_tasks():
     tasks = data.ShapesDataset.zero_shot_tasks()
     assert {"shape", "color"} <= set(tasks)

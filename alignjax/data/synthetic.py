@@ -31,7 +31,10 @@ Captions come from several templates with synonyms, e.g.::
     "two triangles that are golden and small, to the right"
 
 Size and position are each omitted in ~15% of captions, colour and shape in ~5% (shape then
-reads "object"/"shape"), so a text model has to read words, not slot positions.
+reads "object"/"shape"), so a text model has to read words, not slot positions. Options for
+studies (spec ``synthetic:shapes?color_mention=0.5&object_scale=1.15``): ``color_mention``,
+the probability that a caption names the colour (default 0.95; images are unchanged), and
+``object_scale``, a factor on every object's radius (default 1.0; labels are unchanged).
 
 Example format: ``{'image': uint8 [H, W, 3], 'caption': str, 'labels': {attr: int}}``.
 With ``extra_captions=True`` (spec ``synthetic:shapes?extra_captions=true``) examples also
@@ -248,6 +251,8 @@ class ShapesDataset:
         num_examples: int | None = None,
         extra_captions: bool = False,
         hard_negatives: bool = False,
+        color_mention: float = _P_MENTION["color"],
+        object_scale: float = 1.0,
     ):
         if split not in _SPLITS:
             raise ValueError(f"Unknown split {split!r}; valid splits: {sorted(_SPLITS)}.")
@@ -261,6 +266,15 @@ class ShapesDataset:
         self.num_examples = int(num_examples or _DEFAULT_SIZES[split])
         self.extra_captions = bool(extra_captions)
         self.hard_negatives = bool(hard_negatives)
+        if not 0.0 <= float(color_mention) <= 1.0:
+            raise ValueError(f"color_mention is a probability in [0, 1], got {color_mention}.")
+        if not 0.5 <= float(object_scale) <= 1.2:
+            raise ValueError(
+                f"object_scale must be in [0.5, 1.2] (larger pairs would overlap), got "
+                f"{object_scale}."
+            )
+        self.color_mention = float(color_mention)
+        self.object_scale = float(object_scale)
         self._pairs = _HELD_OUT if split == "test" else _SEEN
         s = self.image_size
         # Pixel-centre coordinates, shared by all examples.
@@ -399,7 +413,7 @@ class ShapesDataset:
         color = COLOR_RGB[labels["color"]] + rng.integers(-10, 11, size=3).astype(np.float32)
 
         large = labels["size"] == 1
-        radius = size * (0.21 if large else 0.13) * (0.93 + 0.14 * u[5])
+        radius = size * (0.21 if large else 0.13) * self.object_scale * (0.93 + 0.14 * u[5])
         cx = size * ((0.22, 0.5, 0.78)[labels["position"]] + 0.06 * (u[6] - 0.5))
         if labels["count"] == 0:
             span = 0.04 if large else 0.2
@@ -490,7 +504,7 @@ class ShapesDataset:
         adjs = []
         if m[0] < _P_MENTION["size"]:
             adjs.append(pick(_SIZE_WORDS[SIZES[labels["size"]]], "size", _SIZE_WORDS))
-        if m[2] < _P_MENTION["color"]:
+        if m[2] < self.color_mention:
             adjs.append(pick(_COLOR_WORDS[COLORS[labels["color"]]], "color", _COLOR_WORDS))
         pos = (
             pick(_POSITION_WORDS[POSITIONS[labels["position"]]], "position", _POSITION_WORDS)
