@@ -53,7 +53,9 @@ def test_config_list():
     assert {'demo', 'clip_vit_b16', 'siglip_vit_b16', 'lit_vit_b16'} <= set(CONFIGS)
 
 
-@pytest.mark.parametrize('name, arg', [(n, None) for n in CONFIGS] + [('demo', 'siglip')])
+@pytest.mark.parametrize(
+    'name, arg', [(n, None) for n in CONFIGS] + [('demo', 'siglip'), ('demo', 'clip')]
+)
 def test_config_trains_two_steps(tmp_path, name, arg):
     c = shrink(load(name, arg))
     summary = train.train_and_evaluate(c, str(tmp_path / name))

@@ -126,11 +126,14 @@ def test_zero_shot_with_classnames_equals_dense_metrics(trainer, tmp_path):
     z = np.asarray(t.model.apply({'params': state.params}, prompts, method=t.model.encode_text))
     w = z.reshape(3, 2, -1).mean(1)
     w /= np.linalg.norm(w, axis=-1, keepdims=True)
-    np.testing.assert_allclose(ev.class_embeddings(state.params, ''), w, atol=2e-5)
+    assert ev.class_embeddings(state.params, '').shape == (1, 3, w.shape[-1])  # one group
+    np.testing.assert_allclose(ev.class_embeddings(state.params, '')[0], w, atol=2e-5)
     emb = ev.split.embed(state.params, with_text=False)
     labels = emb.labels['label_label']
     np.testing.assert_array_equal(labels, [(i * 7) % 3 for i in range(30)])
-    dense = evaluate.zero_shot_metrics(emb.image @ ev.class_embeddings(state.params, '').T, labels)
+    dense = evaluate.zero_shot_metrics(
+        emb.image @ ev.class_embeddings(state.params, '')[0].T, labels
+    )
     for k, v in dense.items():
         assert m[f'zeroshot/zs/{k}'] == pytest.approx(v)
     assert m['zeroshot/zs/acc5'] == 1.0  # 3 classes: acc5 capped
@@ -171,7 +174,7 @@ def test_file_sources_with_label_column_and_several_captions(trainer, tmp_path, 
     m = zs.run(state.params)
     emb = zs.split.embed(state.params)
     np.testing.assert_array_equal(emb.labels['label_label'], [(i * 7) % 3 for i in range(12)])
-    w = zs.class_embeddings(state.params, '')
+    (w,) = zs.class_embeddings(state.params, '')
     for k, v in evaluate.zero_shot_metrics(emb.image @ w.T, emb.labels['label_label']).items():
         assert m[f'zeroshot/a/{k}'] == pytest.approx(v)
     # JSONL list captions: all of them (i % 3 + 1 per image); CSV: one per image.
@@ -199,6 +202,43 @@ def test_zero_shot_source_tasks_and_shared_split(trainer):
         for k in ('acc1', 'acc5', 'mean_per_class_recall')
     )
     assert all(k.startswith('retrieval/b/') for k in ret.run(state.params))
+    # The shape task has singular and plural prototypes: a class scores its better group.
+    w = zs.class_embeddings(state.params, 'shape')
+    assert w.shape[:2] == (2, 8)
+    emb = zs.split.embed(state.params, with_text=False)
+    scores = np.maximum(emb.image @ w[0].T, emb.image @ w[1].T)
+    dense = evaluate.zero_shot_metrics(scores, emb.labels['label_shape'])
+    for k, v in dense.items():
+        assert m[f'zeroshot/a_shape/{k}'] == pytest.approx(v)
+
+
+def test_prototype_scores_and_ranks_follow_the_tie_rule():
+    from alignjax.evaluate import ranks, zero_shot
+
+    rng = np.random.default_rng(0)
+    q, p = rng.normal(size=(7, 4)), rng.normal(size=(3, 5, 4))
+    np.testing.assert_allclose(
+        ranks.max_prototype_scores(q, p, chunk_size=3),
+        np.max(np.einsum('nd,gcd->gnc', q, p), 0),
+        rtol=1e-5,
+    )
+    scores = np.array([[0.5, 0.9, 0.5, 0.1], [0.2, 0.2, 0.2, 0.2]])
+    # Row 0, label 2: one higher (0.9) and one equal at a lower index -> 2; row 1: ties only.
+    np.testing.assert_array_equal(ranks.ranks_from_scores(scores, [2, 3]), [2, 3])
+    np.testing.assert_array_equal(ranks.ranks_from_scores(scores, [1, 0]), [0, 0])
+    task = {
+        'classnames': ['a', 'b'],
+        'templates': ['{}'],
+        'prototypes': [{'classnames': ['as', 'bs'], 'templates': ['two {}', 'many {}']}],
+    }
+    assert zero_shot._prototype_groups(task) == [
+        (['a', 'b'], ['{}']),
+        (['as', 'bs'], ['two {}', 'many {}']),
+    ]
+    with pytest.raises(ValueError, match='one class name per class'):
+        zero_shot._prototype_groups(
+            dict(task, prototypes=[{'classnames': ['x'], 'templates': ['{}']}])
+        )
 
 
 def test_builtin_classnames_and_templates():

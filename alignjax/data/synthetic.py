@@ -335,6 +335,20 @@ class ShapesDataset:
                     "there is a {}.",
                     "a {} shape.",
                 ],
+                # Half the images show a pair: a class also has a plural prototype, and an
+                # image scores a shape by the better of the two (count-agnostic shape).
+                prototypes=[
+                    dict(
+                        classnames=[_SHAPE_WORDS[s][0][1] for s in SHAPES],
+                        templates=[
+                            "a photo of two {}.",
+                            "two {}.",
+                            "a drawing of two {}.",
+                            "there are two {}.",
+                            "a pair of {}.",
+                        ],
+                    )
+                ],
             ),
             "color": dict(
                 attribute="color",
@@ -388,7 +402,8 @@ class ShapesDataset:
         texts += [w for pair in _GENERIC_NOUNS for w in pair]
         texts += list(_TEMPLATES) + ["an is are and"]
         for task in ShapesDataset.zero_shot_tasks().values():
-            texts += task["templates"] + task["classnames"]
+            for group in [task, *task.get("prototypes", ())]:
+                texts += group["templates"] + group["classnames"]
         words = set()
         for t in texts:
             words.update(re.findall(r"\w+|[^\w\s]", re.sub(r"\{\w*\}", " ", t.lower())))

@@ -132,6 +132,29 @@ def positive_ranks(
     return np.concatenate(out) if out else np.zeros((0,), np.int32)
 
 
+def max_prototype_scores(queries: np.ndarray, prototypes: np.ndarray, chunk_size: int = 1024):
+    """[N, C] float32: s_ic = max_g <q_i, p_gc> for queries [N, D], prototypes [G, C, D]
+    (host, in chunks of queries; zero-shot with several prompt groups per class)."""
+    q = np.asarray(queries, np.float32)
+    p = np.asarray(prototypes, np.float32)
+    out = np.empty((q.shape[0], p.shape[1]), np.float32)
+    for start in range(0, q.shape[0], max(1, chunk_size)):
+        block = np.einsum('nd,gcd->gnc', q[start : start + chunk_size], p)
+        out[start : start + chunk_size] = block.max(axis=0)
+    return out
+
+
+def ranks_from_scores(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[N] int32 rank of each row's label column, with the tie rule of the module docstring:
+    rank_i = #{c : s_ic > s_iy} + #{c < y : s_ic == s_iy}."""
+    scores = np.asarray(scores)
+    labels = np.asarray(labels, np.int64)
+    own = scores[np.arange(scores.shape[0]), labels][:, None]
+    cols = np.arange(scores.shape[1])[None, :]
+    ahead = (scores > own) | ((scores == own) & (cols < labels[:, None]))
+    return ahead.sum(axis=1).astype(np.int32)
+
+
 def compiled_memory(mesh: Mesh, gallery_size: int, dim: int, chunk_size: int) -> dict[str, int]:
     """Per-device bytes of one compiled rank block (no data needed: abstract shapes)."""
     g_sh, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)

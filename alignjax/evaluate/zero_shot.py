@@ -53,9 +53,12 @@ class ZeroShotEvaluator(base.Evaluator):
         self.embedder = self.ctx.embedder(cfg.batch_size)
         self.tasks = self._tasks()
         tok = self.ctx.tokenizer
-        # Tokenised prompts per task: [C * T, L], class-major.
+        # Tokenised prompts per task and prototype group: [C * T_g, L], class-major.
         self.prompts = {
-            t: tok([tmpl.format(c) for c in task['classnames'] for tmpl in task['templates']])
+            t: [
+                tok([tmpl.format(c) for c in names for tmpl in templates])
+                for names, templates in _prototype_groups(task)
+            ]
             for t, task in self.tasks.items()
         }
 
@@ -92,14 +95,17 @@ class ZeroShotEvaluator(base.Evaluator):
         return out
 
     def class_embeddings(self, params, task: str) -> np.ndarray:
-        """[C, D]: per class, the renormalised mean of its normalised template embeddings."""
-        t = self.tasks[task]
-        n_cls, n_tmpl = len(t['classnames']), len(t['templates'])
-        z = self.embedder.texts(params, self.prompts[task]).astype(np.float64)
-        z = z.reshape(n_cls, n_tmpl, -1)
-        z /= np.linalg.norm(z, axis=-1, keepdims=True)  # encode_text normalises; be exact.
-        w = z.mean(axis=1)
-        return (w / np.linalg.norm(w, axis=-1, keepdims=True)).astype(np.float32)
+        """[G, C, D]: per prototype group and class, the renormalised mean of the normalised
+        embeddings of that group's templates (G = 1 unless the task has ``prototypes``)."""
+        n_cls = len(self.tasks[task]['classnames'])
+        out = []
+        for tokens in self.prompts[task]:
+            z = self.embedder.texts(params, tokens).astype(np.float64)
+            z = z.reshape(n_cls, -1, z.shape[-1])
+            z /= np.linalg.norm(z, axis=-1, keepdims=True)  # encode_text normalises; be exact.
+            w = z.mean(axis=1)
+            out.append(w / np.linalg.norm(w, axis=-1, keepdims=True))
+        return np.stack(out).astype(np.float32)
 
     def run(self, params) -> dict[str, float]:
         emb = self.split.embed(params, with_text=False)
@@ -115,10 +121,35 @@ class ZeroShotEvaluator(base.Evaluator):
                     f'there are {n_cls} class names; the list must cover every label, in order.'
                 )
             w = self.class_embeddings(params, t)
-            r = ranks.positive_ranks(
-                emb.image, labels, w, np.arange(n_cls), self.ctx.mesh, self.cfg.chunk_size
-            )
+            if w.shape[0] == 1:
+                r = ranks.positive_ranks(
+                    emb.image, labels, w[0], np.arange(n_cls), self.ctx.mesh, self.cfg.chunk_size
+                )
+            else:  # A class scores its best prototype: rank the [N, C] maxima.
+                r = ranks.ranks_from_scores(
+                    ranks.max_prototype_scores(emb.image, w, self.cfg.chunk_size), labels
+                )
             prefix = f'zeroshot/{self.name}' + (f'_{t}' if t else '')
             for k, v in metrics_lib.zero_shot_metrics_from_ranks(r, labels).items():
                 out[f'{prefix}/{k}'] = v
         return out
+
+
+def _prototype_groups(task: dict) -> list[tuple[list[str], list[str]]]:
+    """(classnames, templates) per prototype group of a zero-shot task.
+
+    A task is ``classnames`` + ``templates`` (one group: a class embedding is the mean over
+    its templates), or adds ``prototypes``: a list of ``{'classnames', 'templates'}`` groups,
+    each naming every class (e.g. singular and plural forms); a class's score for an image is
+    then the highest of its groups' scores (a class may look like either).
+    """
+    groups = [(list(task['classnames']), list(task['templates']))]
+    for g in task.get('prototypes') or ():
+        names, templates = list(g['classnames']), list(g['templates'])
+        if len(names) != len(groups[0][0]) or not templates:
+            raise ValueError(
+                f'A prototype group needs one class name per class ({len(groups[0][0])}) and '
+                f'at least one template; got {len(names)} names, {len(templates)} templates.'
+            )
+        groups.append((names, templates))
+    return groups
