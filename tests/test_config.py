@@ -59,6 +59,7 @@ def test_resolved_config_is_locked():
 def test_load_config_file_builds_on_another_config(tmp_path):
     demo = config_lib.load_config_file(os.path.join(REPO, 'configs', 'demo.py'))
     siglip = config_lib.load_config_file(os.path.join(REPO, 'configs', 'demo.py'), 'siglip')
-    assert (demo.loss.name, siglip.loss.name) == ('clip', 'siglip')
+    clip = config_lib.load_config_file(os.path.join(REPO, 'configs', 'demo.py'), 'clip')
+    assert (demo.loss.name, siglip.loss.name, clip.loss.name) == ('dreamlip', 'siglip', 'clip')
     with pytest.raises(FileNotFoundError, match='No config file'):
         config_lib.load_config_file(str(tmp_path / 'missing.py'))
