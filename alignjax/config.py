@@ -10,23 +10,25 @@ error that names the closest valid one, instead of a silently ignored setting.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import os
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
+
+from alignjax import data, models, objectives, optim
+from alignjax.validation import check_choice, check_fields
 
 ConfigDict = ml_collections.ConfigDict
 
 
 def base_config() -> ConfigDict:
     """All trainer-level fields with their defaults (a tiny CPU-sized CLIP)."""
-    # Imported here: models/losses/data import heavy deps; config files call this once.
-    from alignjax import data, losses, models, optim
-
     c = ConfigDict()
+    # Modules (names or .py paths) imported before anything else is read: a method defined
+    # outside alignjax registers itself there (`@objectives.register`), so `loss.name` can
+    # name it. See docs/OBJECTIVES.md, "Writing a method".
+    c.imports = ()
     c.seed = 0
     c.total_steps = 1000
     c.batch_size = 256  # Global batch, over all processes and devices.
@@ -53,6 +55,11 @@ def base_config() -> ConfigDict:
     # 'img=img'; empty loads every parameter present in both. Parameters not loaded keep
     # their fresh initialisation; shapes must match. See docs/CHECKPOINTS.md.
     c.init_from = ConfigDict({'path': '', 'mapping': (), 'step': -1})  # step -1: newest.
+    # An exponential moving average of the parameters, kept in the train state as weight set
+    # 'ema' (`python -m alignjax.evaluate --weights ema` evaluates it). decay 0: off.
+    # After each update: ema <- d_t ema + (1 - d_t) params, d_t = decay ('constant') or
+    # min(decay, (1 + t) / (10 + t)) ('warmup'), t the number of updates before this one.
+    c.ema = ConfigDict({'decay': 0.0, 'schedule': 'constant'})
 
     # Device mesh: axis sizes; -1 takes the remaining devices. Batches are sharded over
     # (data, fsdp); large weights over fsdp ('embed' axis) and tensor ('mlp', 'heads').
@@ -70,7 +77,9 @@ def base_config() -> ConfigDict:
 
     c.tokenizer = data.default_tokenizer_config()
     c.model = models.default_model_config()
-    c.loss = losses.default_loss_config()
+    # `name` picks a registered method (alignjax.objectives); the other fields are that
+    # method's only: build one with `objectives.loss_config(name, **fields)`.
+    c.loss = objectives.default_loss_config()
     c.optim = optim.default_optim_config()
 
     # Evaluators, by name. Each: dict(type=..., data=..., every_steps=...).
@@ -98,38 +107,11 @@ def load_config_file(path: str, arg: str | None = None) -> ConfigDict:
     return module.get_config(arg) if arg is not None else module.get_config()
 
 
-def closest(name: str, valid: Iterable[str]) -> str:
-    """' (did you mean X?)' for the closest valid name, or ''."""
-    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ''
-
-
-def check_fields(
-    given: Mapping[str, Any], valid: Mapping[str, Any] | Iterable[str], where: str
-) -> None:
-    """Raises ValueError if `given` has a key that `valid` lacks, naming the closest."""
-    valid_names = sorted(valid.keys() if isinstance(valid, Mapping) else valid)
-    for key in given.keys():
-        if key not in valid_names:
-            raise ValueError(
-                f"Unknown config field '{where}.{key}'{closest(key, valid_names)}. "
-                f"Valid fields of '{where}': {', '.join(valid_names)}."
-            )
-
-
-def check_choice(value: Any, valid: Iterable[Any], field: str) -> None:
-    """Raises ValueError if `value` is not one of `valid`, listing them."""
-    valid = list(valid)
-    if value not in valid:
-        hint = closest(str(value), [str(v) for v in valid])
-        raise ValueError(
-            f"Invalid {field}={value!r}{hint}. Valid choices: {', '.join(repr(v) for v in valid)}."
-        )
-
-
 # Sub-trees whose fields are checked against `base_config()` recursively. `evals` is a
-# free-form map of evaluator configs, each checked by its evaluator.
-_FREE_FORM = ('evals',)
+# free-form map of evaluator configs, each checked by its evaluator; `loss` is checked
+# against the chosen method's fields (`objectives.validate_loss_config`).
+_FREE_FORM = ('evals', 'loss')
+EMA_SCHEDULES = ('constant', 'warmup')
 
 
 def _check_tree(given: ConfigDict, defaults: ConfigDict, where: str) -> None:
@@ -142,13 +124,35 @@ def _check_tree(given: ConfigDict, defaults: ConfigDict, where: str) -> None:
             _check_tree(ConfigDict(value), default, f'{where}.{key}')
 
 
-def resolve(config: ConfigDict) -> ConfigDict:
-    """Validates a training config against `base_config()`; returns a locked copy.
+def _migrate_loss_layout(loss: dict) -> dict:
+    """A `config.loss` written before the objectives registry, as today's layout.
 
-    Raises ValueError naming the first unknown field and its closest valid spelling,
-    or the first inconsistent value (e.g. a batch not divisible by micro-batches).
+    Old runs' config.json hold every method's settings as sub-dicts (`loss.filip.chunk_size`)
+    plus `impl` / `batch_axes` / `needs_tokens` for all; today `loss` holds only the chosen
+    method's fields.
     """
-    config = ConfigDict(config.to_dict() if isinstance(config, ConfigDict) else config)
+    name = loss.get('name', 'clip')
+    nested = {k for k, v in loss.items() if isinstance(v, dict) and k in objectives.names()}
+    if not nested:
+        return loss
+    out = {'name': name, **dict(loss.get(name) or {})}
+    if name == 'siglip':
+        out.update({k: loss[k] for k in ('impl', 'batch_axes') if k in loss})
+    return out
+
+
+def resolve(config: ConfigDict) -> ConfigDict:
+    """Validates a training config once, completely; returns a locked copy.
+
+    Imports `config.imports` (methods defined outside alignjax), fills `config.loss` with
+    the chosen method's defaults, and checks every part against its defaults and choices.
+    Raises ValueError naming the first unknown field and its closest valid spelling, or the
+    first inconsistent value (e.g. a batch not divisible by micro-batches).
+    """
+    tree = config.to_dict() if isinstance(config, ConfigDict) else dict(config)
+    objectives.import_modules(tree.get('imports', ()))
+    tree['loss'] = objectives.validate_loss_config(_migrate_loss_layout(dict(tree.get('loss', {}))))
+    config = ConfigDict(tree)
     _check_tree(config, base_config(), 'config')
     if config.total_steps <= 0:
         raise ValueError(f'config.total_steps must be positive, got {config.total_steps}.')
@@ -159,11 +163,16 @@ def resolve(config: ConfigDict) -> ConfigDict:
             f'is a multiple of the number of micro-batches.'
         )
     check_choice(config.nan_policy, NAN_POLICIES, 'nan_policy')
+    check_choice(config.ema.schedule, EMA_SCHEDULES, 'ema.schedule')
+    if not 0.0 <= config.ema.decay < 1.0:
+        raise ValueError(f'config.ema.decay must be in [0, 1) (0: off), got {config.ema.decay}.')
     if config.keep_checkpoints < 1 or config.keep_checkpoints_every < 0:
         raise ValueError(
             f'config.keep_checkpoints={config.keep_checkpoints} must be >= 1 and '
             f'config.keep_checkpoints_every={config.keep_checkpoints_every} >= 0.'
         )
+    optim.check_config(config.optim, config.total_steps)
+    objectives.get(config.loss.name).check(config)
     for name, ev in config.evals.items():
         if 'type' not in ev:
             raise ValueError(f"config.evals.{name} has no 'type'.")

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from alignjax import config as config_lib
+from alignjax import validation
 
 ConfigDict = ml_collections.ConfigDict
 SCHEDULES = ('warmup_cosine', 'warmup_rsqrt', 'warmup_constant', 'constant')
@@ -78,17 +78,28 @@ def match_any(patterns: Sequence[str], path: str) -> bool:
     return any(re.fullmatch(p, path) for p in patterns)
 
 
+def check_config(c: ConfigDict, total_steps: int) -> None:
+    """Validates `config.optim` (called once, by `alignjax.config.resolve`)."""
+    validation.check_fields(c, default_optim_config(), 'optim')
+    validation.check_choice(c.name, OPTIMIZERS, 'optim.name')
+    validation.check_choice(c.schedule, SCHEDULES, 'optim.schedule')
+    if c.warmup_steps >= total_steps and c.schedule not in ('constant', 'warmup_constant'):
+        raise ValueError(
+            f'optim.warmup_steps={c.warmup_steps} must be smaller than '
+            f'total_steps={total_steps} for schedule {c.schedule!r}.'
+        )
+    for pattern in tuple(c.freeze) + tuple(c.no_decay):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f'Invalid regex {pattern!r} in optim: {e}') from e
+
+
 def make_schedule(c: ConfigDict) -> Callable[[jax.Array], jax.Array]:
-    """Learning-rate schedule from the config; see SCHEDULES."""
-    config_lib.check_choice(c.schedule, SCHEDULES, 'optim.schedule')
+    """Learning-rate schedule from a checked config (`check_config`); see SCHEDULES."""
     total, warmup, lr = c.total_steps, c.warmup_steps, c.lr
     if c.schedule == 'constant':
         return optax.constant_schedule(lr)
-    if warmup >= total and c.schedule != 'warmup_constant':
-        raise ValueError(
-            f'optim.warmup_steps={warmup} must be smaller than '
-            f'total_steps={total} for schedule {c.schedule!r}.'
-        )
     if c.schedule == 'warmup_cosine':
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0,
@@ -127,15 +138,9 @@ def frozen_mask(params, freeze: Sequence[str]):
 def make_optimizer(c: ConfigDict, params) -> tuple[optax.GradientTransformation, Callable]:
     """Builds (tx, schedule) from `config.optim` (with `total_steps` filled in).
 
-    `params` may be abstract (ShapeDtypeStructs): only paths and ranks are read.
+    `params` may be abstract (ShapeDtypeStructs): only paths and ranks are read. `c` is
+    checked by `check_config` (once per config, in `alignjax.config.resolve`).
     """
-    config_lib.check_fields(c, dict(default_optim_config(), total_steps=0), 'optim')
-    config_lib.check_choice(c.name, OPTIMIZERS, 'optim.name')
-    for pattern in tuple(c.freeze) + tuple(c.no_decay):
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ValueError(f'Invalid regex {pattern!r} in optim: {e}') from e
     schedule = make_schedule(c)
     chain = []
     if c.grad_clip_norm:

@@ -1,16 +1,19 @@
 """The one trainer: `python -m alignjax.train --config configs/X.py --workdir DIR`.
 
-Every method is a model, a loss and a config run by this loop. In order:
+Every method is an objective (a registered plug-in, `alignjax.objectives`), a model and a
+config run by this loop, which knows no method by name. In order:
 
   mesh      <- config.mesh                              (alignjax.parallel)
   tokenizer <- config.tokenizer, batches <- grain       (alignjax.data)
-  model     <- config.model                             (alignjax.models)
-  loss_fn   <- config.loss                              (alignjax.losses)
+  objective <- config.loss                              (alignjax.objectives)
+  model     <- config.model + the objective's heads     (alignjax.models)
   tx        <- config.optim                             (alignjax.optim)
-  state     <- created already sharded, or restored from the newest checkpoint
+  state     <- created already sharded (alignjax.state), or restored from the newest
+               checkpoint; extra weight sets (teacher, EMA) filled after init_from
   loop: train_step (jitted, donated state) -> log -> evaluate -> checkpoint
 
-The train step (`make_train_step`) is a pure function of (state, global batch).
+The train step (`make_train_step`) is a pure function of (state, global batch): the
+objective's prepare -> forward -> loss, the optimizer update, the weight sets' update.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import os
 import sys
 from typing import Any, Callable
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,114 +36,12 @@ from alignjax import checkpoint as checkpoint_lib
 from alignjax import config as config_lib
 from alignjax import data as data_lib
 from alignjax import evaluate as evaluate_lib
-from alignjax import losses, models, optim, parallel, workdir as workdir_lib
+from alignjax import objectives, optim, parallel
+from alignjax import state as state_lib
+from alignjax import workdir as workdir_lib
+from alignjax.state import TrainState
 
 ConfigDict = ml_collections.ConfigDict
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything that changes during training and is checkpointed."""
-
-    step: jax.Array  # int32 scalar: number of updates applied.
-    params: Any
-    opt_state: Any
-    rng: jax.Array  # Key data (uint32), split once per step.
-    # int32 scalar: updates dropped for a NaN/Inf under nan_policy='skip' (cumulative).
-    nonfinite_steps: jax.Array
-
-
-# --------------------------------------------------------------------------------------
-# State creation.
-
-
-def _opt_state_shardings(abstract_opt_state, params_by_path, mesh):
-    """Shards each optimizer-state leaf like the parameter whose path ends its own path.
-
-    optax states mirror the parameter tree (e.g. `1/0/mu/img/embedding/kernel`), so Adam's
-    moments get their parameter's sharding; counters and the like are replicated.
-    `params_by_path` maps '/'-joined parameter paths to (shape, sharding).
-    """
-
-    def one(path, leaf):
-        parts = optim.path_str(path).split('/')
-        for i in range(len(parts)):  # Longest suffix first.
-            shape, sharding = params_by_path.get('/'.join(parts[i:]), (None, None))
-            if shape == tuple(leaf.shape):
-                return sharding
-        return parallel.replicated(mesh)
-
-    return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
-
-
-def init_inputs(config: ConfigDict, batch: int) -> tuple[jax.ShapeDtypeStruct, ...]:
-    size = config.data.image_size
-    return (
-        jnp.zeros((batch, size, size, 3), jnp.float32),
-        jnp.zeros((batch, config.model.text.context_length), jnp.int32),
-    )
-
-
-def abstract_params(model: nn.Module, config: ConfigDict, mesh: jax.sharding.Mesh):
-    """(abstract params, their shardings) from one abstract trace of `model.init`."""
-    images, tokens = init_inputs(config, parallel.batch_size_per_shard(mesh))
-    with parallel.mesh_context(mesh):
-        boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), images, tokens)['params'])
-    return nn.unbox(boxed), parallel.param_shardings(boxed, mesh)
-
-
-def create_train_state(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    config: ConfigDict,
-    mesh: jax.sharding.Mesh,
-    params: Any,
-    param_shardings: Any,
-):
-    """Returns (abstract_state, state_shardings, init_fn).
-
-    `params` and `param_shardings` come from `abstract_params`. `init_fn()` creates the
-    state directly in its sharded layout: no host ever holds the full parameters (jit with
-    out_shardings).
-    """
-    images, tokens = init_inputs(config, parallel.batch_size_per_shard(mesh))
-    paths = jax.tree_util.tree_leaves(optim.tree_paths(params))
-    flat = zip(paths, jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(param_shardings))
-    by_path = {p: (tuple(a.shape), s) for p, a, s in flat}
-    abstract_opt = jax.eval_shape(tx.init, params)
-    rep = parallel.replicated(mesh)
-    shardings = TrainState(
-        step=rep,
-        params=param_shardings,
-        opt_state=_opt_state_shardings(abstract_opt, by_path, mesh),
-        rng=rep,
-        nonfinite_steps=rep,
-    )
-
-    def make_state(seed):
-        init_rng, train_rng = jax.random.split(jax.random.key(seed))
-        params = nn.unbox(model.init(init_rng, images, tokens)['params'])
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            rng=jax.random.key_data(train_rng),
-            nonfinite_steps=jnp.zeros((), jnp.int32),
-        )
-
-    def init_fn():
-        with parallel.mesh_context(mesh):
-            return jax.jit(make_state, static_argnums=0, out_shardings=shardings)(config.seed)
-
-    abstract_state = TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32),
-        params=params,
-        opt_state=abstract_opt,
-        rng=jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
-        nonfinite_steps=jax.ShapeDtypeStruct((), jnp.int32),
-    )
-    abstract_state = checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
-    return abstract_state, shardings, init_fn
 
 
 # --------------------------------------------------------------------------------------
@@ -238,13 +138,13 @@ def accumulated_grads(
 
 
 def make_train_step(
-    model: nn.Module,
-    loss_fn: Callable,
-    tx: optax.GradientTransformation,
-    schedule: Callable,
-    config: ConfigDict,
-) -> Callable:
+    build: state_lib.StateBuild, config: ConfigDict
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The pure train step: (state, batch) -> (new_state, metrics).
+
+    The objective's hooks, in order: `prepare` (once, on the global batch), `forward` (per
+    micro-batch under gradient accumulation), `loss` (on the whole batch's outputs); then
+    the optimizer update and the extra weight sets' update (EMA copies).
 
     Non-finite loss or gradients: the update is not applied and `metrics['finite']` is
     False. nan_policy='halt': the returned state equals the input state (step included) and
@@ -252,14 +152,9 @@ def make_train_step(
     advance and `nonfinite_steps` counts it. Either way a NaN never reaches the parameters
     or a checkpoint.
     """
+    objective, model, tx, schedule = build.objective, build.model, build.tx, build.schedule
     frozen = tuple(config.optim.freeze)
-    # The objective (losses.objectives) says which model calls and batch keys its loss
-    # needs; a bare loss function gets one forward pass of (image, tokens).
-    objective = getattr(loss_fn, 'objective', None)
-    return_tokens = bool(config.loss.get('needs_tokens', False)) or bool(
-        getattr(objective, 'needs_tokens', False)
-    )
-    if config.grad_accum_steps > 1 and not getattr(objective, 'supports_accumulation', True):
+    if config.grad_accum_steps > 1 and not objective.supports_accumulation:
         raise ValueError(
             f'config.loss.name={config.loss.name!r} cannot use grad_accum_steps='
             f'{config.grad_accum_steps}: its forward pass mixes examples of the batch, so '
@@ -267,39 +162,43 @@ def make_train_step(
             f'grad_accum_steps=1 (and lower batch_size or use remat to save memory).'
         )
 
-    def forward(params, batch, rng=None):
-        if frozen:  # No backward pass through frozen towers (LiT): they are constants.
-            mask = optim.frozen_mask(params, frozen)
-            params = jax.tree_util.tree_map(
-                lambda f, p: jax.lax.stop_gradient(p) if f else p, mask, params
-            )
-
+    def bind(m: nn.Module, params) -> Callable:
         def apply(*args, **kwargs):
-            return model.apply({'params': params}, *args, **kwargs)
+            return m.apply({'params': params}, *args, **kwargs)
 
-        if objective is not None:
-            return objective.forward(apply, batch, return_tokens)
-        return apply(batch['image'], batch['tokens'], return_tokens=return_tokens, train=True)
+        return apply
+
+    def context(state: TrainState) -> objectives.StepContext:
+        weights = jax.lax.stop_gradient(state.weights)
+        apply_with = {n: bind(e.model, weights[n]) for n, e in build.extra.items()}
+        return objectives.StepContext(step=state.step, weights=weights, apply_with=apply_with)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
-        step_loss = loss_fn
-        if objective is not None:
-            # Batch-level randomness (e.g. MLM masks) is drawn once, before any micro-batch
-            # split, so gradient accumulation sees the same batch as one big step.
-            prep_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1)
-            batch = objective.prepare(batch, prep_rng, state.step)
+        ctx = context(state)
+        # Batch-level randomness (e.g. MLM masks) is drawn once, before any micro-batch
+        # split, so gradient accumulation sees the same batch as one big step.
+        prep_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1)
+        batch = objective.prepare(batch, prep_rng, ctx)
 
-            def step_loss(out):
-                return loss_fn(out, batch, state.step)
+        def forward(params, mb):
+            if frozen:  # No backward pass through frozen towers (LiT): they are constants.
+                mask = optim.frozen_mask(params, frozen)
+                params = jax.tree_util.tree_map(
+                    lambda f, p: jax.lax.stop_gradient(p) if f else p, mask, params
+                )
+            return objective.forward(bind(model, params), mb, ctx)
+
+        def loss_of_out(out):
+            return objective.loss(out, batch, ctx)
 
         if config.grad_accum_steps > 1:
             loss, metrics, grads = accumulated_grads(
-                forward, state.params, batch, step_loss, config.grad_accum_steps
+                forward, state.params, batch, loss_of_out, config.grad_accum_steps
             )
         else:
 
             def loss_of(params):
-                return step_loss(forward(params, batch))
+                return loss_of_out(forward(params, batch))
 
             (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
 
@@ -307,6 +206,7 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         if config.optim.clamp_logit_scale:
             params = optim.clamp_logit_scale(params)
+        weights = state_lib.update_weight_sets(build.extra, state.weights, params, state.step)
         grad_norm = optax.tree.norm(grads)
         # The new parameters too: a finite gradient can still overflow them (huge lr).
         finite = (
@@ -320,6 +220,7 @@ def make_train_step(
             opt_state=opt_state,
             rng=rng,
             nonfinite_steps=state.nonfinite_steps,
+            weights=weights,
         )
         if config.nan_policy == 'skip':
             # Drop the update but count the step: the data iterator has consumed the batch,
@@ -406,53 +307,51 @@ class Trainer:
     config: ConfigDict
     mesh: jax.sharding.Mesh
     tokenizer: Any
-    model: nn.Module
-    loss_fn: Callable
+    objective: objectives.Objective
+    model: nn.Module  # The trained model: config.model plus the objective's heads.
     tx: optax.GradientTransformation
     schedule: Callable
     abstract_state: TrainState  # ShapeDtypeStructs with the target shardings.
     state_shardings: TrainState
     init_fn: Callable[[], TrainState]
     step_fn: Callable  # jitted (state, global batch) -> (state, metrics); donates state.
+    build: state_lib.StateBuild
 
     def global_batch(self, local_batch):
         return parallel.make_global_batch(local_batch, self.mesh)
 
+    def train_iterator(self):
+        """This process's grain iterator over `config.data.train` (checkpointable)."""
+        return make_train_iterator(self.config, self.tokenizer, self.objective)
+
 
 def build_trainer(config: ConfigDict, devices=None) -> Trainer:
-    """Validates `config` and builds mesh, tokenizer, model, loss, optimizer and step."""
+    """Validates `config` and builds mesh, tokenizer, model, objective, optimizer and step."""
     config = config_lib.resolve(config)
     mesh = parallel.make_mesh(config.mesh, devices)
     tokenizer = data_lib.build_tokenizer(config.tokenizer)
     _check_consistency(config, tokenizer, mesh)
-    model = models.build(config.model)
-    loss_fn = losses.build(config.loss, mesh)
-    if hasattr(loss_fn, 'objective'):  # Trainable heads of the objective (Wukong, MLM, ...).
-        model = loss_fn.objective.wrap_model(model)
-    optim_config = ConfigDict(dict(config.optim.to_dict(), total_steps=config.total_steps))
-    params, param_sh = abstract_params(model, config, mesh)
-    tx, schedule = optim.make_optimizer(optim_config, params)
-    abstract_state, state_sh, init_fn = create_train_state(
-        model, tx, config, mesh, params, param_sh
-    )
-    step_fn = jit_train_step(make_train_step(model, loss_fn, tx, schedule, config), state_sh, mesh)
+    build = state_lib.build_state(config, mesh)
+    step_fn = jit_train_step(make_train_step(build, config), build.state_shardings, mesh)
     return Trainer(
-        config,
-        mesh,
-        tokenizer,
-        model,
-        loss_fn,
-        tx,
-        schedule,
-        abstract_state,
-        state_sh,
-        init_fn,
-        step_fn,
+        config=config,
+        mesh=mesh,
+        tokenizer=tokenizer,
+        objective=build.objective,
+        model=build.model,
+        tx=build.tx,
+        schedule=build.schedule,
+        abstract_state=build.abstract_state,
+        state_shardings=build.state_shardings,
+        init_fn=build.init_fn,
+        step_fn=step_fn,
+        build=build,
     )
 
 
-def make_train_iterator(config: ConfigDict, tokenizer):
-    """This process's grain iterator over `config.data.train` (checkpointable)."""
+def make_train_iterator(config: ConfigDict, tokenizer, objective: objectives.Objective):
+    """This process's grain iterator over `config.data.train`, with the objective's
+    per-example transforms (two views, sub-captions, ...)."""
     source = data_lib.get_source(
         config.data.train, 'train', image_size=config.data.image_size, seed=config.seed
     )
@@ -464,16 +363,8 @@ def make_train_iterator(config: ConfigDict, tokenizer):
         num_workers=config.data.num_workers,
         prefetch_buffer=config.data.prefetch_buffer,
         normalize=config.data.normalize,
-        extra_transforms=method_transforms(config, tokenizer),
+        extra_transforms=tuple(objective.data_transforms(tokenizer, config.seed)),
     )
-
-
-def method_transforms(config: ConfigDict, tokenizer) -> tuple:
-    """The objective's per-example transforms (two views, sub-captions, ...), or ()."""
-    if config.loss.name in ('clip', 'siglip'):  # (A ring loss would also need the mesh.)
-        return ()
-    objective = losses.build(config.loss).objective
-    return tuple(objective.data_transforms(tokenizer, config.seed))
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[str, Any]:
@@ -489,7 +380,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
     config, mesh, model, tokenizer = t.config, t.mesh, t.model, t.tokenizer
     os.makedirs(workdir, exist_ok=True)
     workdir_lib.write_config(workdir, config)
-    train_iter = make_train_iterator(config, tokenizer)
+    train_iter = t.train_iterator()
 
     ckpt = checkpoint_lib.Checkpointer(
         os.path.join(workdir, 'checkpoints'),
@@ -510,9 +401,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
             _log(report['text'])
             if jax.process_index() == 0:
                 workdir_lib.write_json(os.path.join(workdir, 'init_from.json'), report)
+        if t.build.extra:
+            state, lines = state_lib.init_weight_sets(state, t.build)
+            for line in lines:
+                _log(line)
 
     step_fn = t.step_fn
-    evaluators = evaluate_lib.build_evaluators(config, model, tokenizer, mesh)
+    evaluators = evaluate_lib.build_evaluators(
+        config, model, tokenizer, mesh, t.objective.scorers
+    )
     writer = workdir_lib.MetricsWriter(workdir)
     start = int(jax.device_get(state.step))
     progress = workdir_lib.Progress(config.total_steps, start, config.batch_size)

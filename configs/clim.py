@@ -16,6 +16,7 @@ demo starts from scratch. Gradient accumulation is refused (mosaics mix examples
 import os
 
 from alignjax.config import load_config_file
+from alignjax.objectives import loss_config
 
 
 def _demo_config():
@@ -27,8 +28,5 @@ def get_config(arg=None):
     if arg:
         raise ValueError(f'configs/clim.py takes no argument, got {arg!r}.')
     c = _demo_config()
-    c.loss.name = 'clim'
-    c.loss.clim.grid = 2
-    c.loss.clim.num_mosaics = 0
-    c.loss.clim.freeze_text = False
+    c.loss = loss_config('clim', grid=2, num_mosaics=0, freeze_text=False)
     return c

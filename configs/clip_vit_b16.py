@@ -16,6 +16,7 @@ convention), 10k warmup steps then cosine to 0, logit scale init 1/0.07 clamped 
 """
 
 from alignjax.config import base_config
+from alignjax.objectives import loss_config
 
 
 def get_config(arg=None):
@@ -58,7 +59,7 @@ def get_config(arg=None):
     m.text.convention = 'clip'
     m.text.head_bias = False
 
-    c.loss.name = 'clip'
+    c.loss = loss_config('clip')
     c.optim.lr = 5e-4
     c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.98, 1e-6
     c.optim.weight_decay = 0.2

@@ -24,6 +24,7 @@ image, `configs/demo.py:siglip` with the SigLIP loss on one caption per image.
 """
 
 from alignjax.config import base_config
+from alignjax.objectives import loss_config
 
 
 def get_config(arg=None):
@@ -66,19 +67,17 @@ def get_config(arg=None):
     c.optim.weight_decay = 0.05
 
     if arg == 'siglip':
-        c.loss.name = 'siglip'
+        c.loss = loss_config('siglip')
         m.logit_scale_init = 10.0
         m.logit_bias_init = -10.0
         c.optim.clamp_logit_scale = False
     elif arg == 'clip':
-        c.loss.name = 'clip'
+        c.loss = loss_config('clip')
     elif arg:
         raise ValueError(f"configs/demo.py takes no argument, 'clip' or 'siglip'; got {arg!r}.")
     else:  # Caption + 2 of its short sentences per image, multi-positive InfoNCE.
         c.data.train = 'synthetic:shapes?extra_captions=true'
-        c.loss.name = 'dreamlip'
-        c.loss.dreamlip.num_sub_captions = 2
-        c.loss.dreamlip.group_weight = 0.0
+        c.loss = loss_config('dreamlip', num_sub_captions=2, group_weight=0.0)
 
     common = dict(data='synthetic:shapes', split='test', num_examples=1000, batch_size=250)
     c.evals.shapes = dict(type='zeroshot', **common)

@@ -18,6 +18,7 @@ captions, our captions have four sentences.
 import os
 
 from alignjax.config import load_config_file
+from alignjax.objectives import loss_config
 
 
 def _demo_config():
@@ -30,7 +31,5 @@ def get_config(arg=None):
         raise ValueError(f'configs/dreamlip.py takes no argument, got {arg!r}.')
     c = _demo_config()
     c.data.train = 'synthetic:shapes?extra_captions=true'
-    c.loss.name = 'dreamlip'
-    c.loss.dreamlip.num_sub_captions = 3
-    c.loss.dreamlip.group_weight = 1.0
+    c.loss = loss_config('dreamlip', num_sub_captions=3, group_weight=1.0)
     return c

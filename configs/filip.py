@@ -20,6 +20,7 @@ still used by the zero-shot and retrieval evaluators.
 import os
 
 from alignjax.config import load_config_file
+from alignjax.objectives import loss_config
 
 
 def _demo_config():
@@ -31,7 +32,5 @@ def get_config(arg=None):
     if arg:
         raise ValueError(f'configs/filip.py takes no argument, got {arg!r}.')
     c = _demo_config()
-    c.loss.name = 'filip'
-    c.loss.filip.chunk_size = 0
-    c.loss.filip.label_smoothing = 0.0
+    c.loss = loss_config('filip', chunk_size=0, label_smoothing=0.0)
     return c

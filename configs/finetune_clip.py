@@ -35,6 +35,7 @@ import json
 import os
 
 from alignjax.config import base_config
+from alignjax.objectives import loss_config
 
 _MODES = ("lit", "full")
 
@@ -113,7 +114,7 @@ def get_config(arg=None):
         c.data.normalize = _normalize_name(pp)
         c.init_from.path = folder
 
-    c.loss.name = "clip"
+    c.loss = loss_config("clip")
     c.optim.schedule = "warmup_cosine"
     c.optim.grad_clip_norm = 1.0
     c.optim.clamp_logit_scale = True

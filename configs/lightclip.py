@@ -16,6 +16,7 @@ weight 0.1 and masks 15% of the words with the tokenizer's reserved id 2.
 import os
 
 from alignjax.config import load_config_file
+from alignjax.objectives import loss_config
 
 
 def _demo_config():
@@ -27,9 +28,7 @@ def get_config(arg=None):
     if arg:
         raise ValueError(f'configs/lightclip.py takes no argument, got {arg!r}.')
     c = _demo_config()
-    c.loss.name = 'lightclip'
-    c.loss.lightclip.alpha_max = 0.2
-    c.loss.lightclip.ramp_steps = c.total_steps
-    c.loss.lightclip.token_weight = 1.0
-    c.loss.lightclip.mlm_weight = 0.1
+    c.loss = loss_config(
+        'lightclip', alpha_max=0.2, ramp_steps=c.total_steps, token_weight=1.0, mlm_weight=0.1
+    )
     return c

@@ -23,6 +23,7 @@ alignjax/optim.py); cosine with 3% warmup, grad clip 1.0, temperature init 10, s
 """
 
 from alignjax.config import base_config
+from alignjax.objectives import loss_config
 
 
 def get_config(arg=None):
@@ -57,7 +58,7 @@ def get_config(arg=None):
     m.text.convention = 'big_vision'
     m.text.head = True
 
-    c.loss.name = 'clip'
+    c.loss = loss_config('clip')
     c.optim.lr = 1e-3
     c.optim.weight_decay = 10.0  # = big_vision wd 1e-2 / lr 1e-3.
     c.optim.schedule = 'warmup_cosine'

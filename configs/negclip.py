@@ -18,6 +18,7 @@ With another source, name the field that holds the negative caption in
 import os
 
 from alignjax.config import load_config_file
+from alignjax.objectives import loss_config
 
 
 def _demo_config():
@@ -30,5 +31,5 @@ def get_config(arg=None):
         raise ValueError(f'configs/negclip.py takes no argument, got {arg!r}.')
     c = _demo_config()
     c.data.train = 'synthetic:shapes?hard_negatives=true'
-    c.loss.name = 'negclip'
+    c.loss = loss_config('negclip')
     return c

@@ -18,6 +18,7 @@ detector features the demo data do not have, so it is not used.
 import os
 
 from alignjax.config import load_config_file
+from alignjax.objectives import loss_config
 
 
 def _demo_config():
@@ -30,7 +31,5 @@ def get_config(arg=None):
         raise ValueError(f'configs/pyramid.py takes no argument, got {arg!r}.')
     c = _demo_config()
     c.data.train = 'synthetic:shapes?extra_captions=true'
-    c.loss.name = 'pyramid'
-    c.loss.pyramid.alpha = 0.2
-    c.loss.pyramid.cross_weight = 1.0
+    c.loss = loss_config('pyramid', alpha=0.2, cross_weight=1.0)
     return c

@@ -20,6 +20,7 @@ device is one b x b block.
 """
 
 from alignjax.config import base_config
+from alignjax.objectives import loss_config
 
 
 def get_config(arg=None):
@@ -58,8 +59,7 @@ def get_config(arg=None):
     m.text.head = True
     m.text.head_bias = True
 
-    c.loss.name = 'siglip'
-    c.loss.impl = 'ring'
+    c.loss = loss_config('siglip', impl='ring')
     c.optim.lr = 1e-3
     c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.95, 1e-8
     c.optim.weight_decay = 0.1

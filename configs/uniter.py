@@ -15,6 +15,7 @@ pairs; a two-tower model has no joint encoder, so the towers' token features sta
 import os
 
 from alignjax.config import load_config_file
+from alignjax.objectives import loss_config
 
 
 def _demo_config():
@@ -26,6 +27,5 @@ def get_config(arg=None):
     if arg:
         raise ValueError(f'configs/uniter.py takes no argument, got {arg!r}.')
     c = _demo_config()
-    c.loss.name = 'uniter'
-    c.loss.uniter.weight = 0.1
+    c.loss = loss_config('uniter', weight=0.1)
     return c

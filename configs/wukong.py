@@ -16,6 +16,7 @@ tower, so the image tower trains here. With converted weights add
 import os
 
 from alignjax.config import load_config_file
+from alignjax.objectives import loss_config
 
 
 def _demo_config():
@@ -27,7 +28,5 @@ def get_config(arg=None):
     if arg:
         raise ValueError(f'configs/wukong.py takes no argument, got {arg!r}.')
     c = _demo_config()
-    c.loss.name = 'wukong'
-    c.loss.wukong.num_tokens = 12
-    c.loss.wukong.groups = 8
+    c.loss = loss_config('wukong', num_tokens=12, groups=8)
     return c

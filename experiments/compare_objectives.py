@@ -61,7 +61,7 @@ def run_one(method: str, workdir: str, steps: int, batch: int) -> dict:
     c.checkpoint_every_steps = steps
     c.optim.warmup_steps = min(c.optim.warmup_steps, max(1, steps // 10))
     if method == "lightclip":
-        c.loss.lightclip.ramp_steps = steps
+        c.loss.ramp_steps = steps
     start = time.time()
     summary = train.train_and_evaluate(c, workdir)
     wall = time.time() - start

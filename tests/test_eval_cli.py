@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import tiny_config
-from alignjax import data as data_lib, train, workdir as workdir_lib
+from alignjax import data as data_lib, restore, train, workdir as workdir_lib
 from alignjax.evaluate import __main__ as cli, clip_benchmark
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +66,7 @@ def test_locate_checkpoint():
 
 def test_cli_reproduces_the_final_evaluation(run, tmp_path):
     workdir, summary = run
-    config = cli.load_config(workdir)
+    config = restore.load_config(workdir)
     step, results = cli.evaluate_checkpoint(
         config, os.path.join(workdir, 'checkpoints'), None, output_dir=str(tmp_path)
     )
@@ -147,7 +147,7 @@ def test_clip_benchmark_adapter_embeds_like_the_evaluators(run, monkeypatch):
     workdir, _ = run
     model, transform, tokenizer = clip_benchmark.load_alignjax(workdir, 'latest')
     model.eval()
-    config = cli.load_config(workdir)
+    config = restore.load_config(workdir)
     source = data_lib.get_source('synthetic:shapes', 'test', image_size=16, seed=config['seed'])
     examples = [source[i] for i in range(5)]
     # CLIP_benchmark's path: PIL image -> transform -> stacked NCHW tensor -> encode_image.

@@ -15,10 +15,9 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from alignjax import losses
+from alignjax import objectives
 from alignjax.losses import (
-    build,
     clip_loss,
-    default_loss_config,
     info_nce,
     siglip_loss,
     siglip_loss_ring,
@@ -389,14 +388,24 @@ def test_ring_compiled_memory_below_dense():
 
 
 # ---------------------------------------------------------------------------------------
-# build().
+# The clip and siglip objectives (alignjax.objectives) on model outputs.
 # ---------------------------------------------------------------------------------------
+def build(loss_config, mesh=None):
+    """`out -> (loss, metrics)` of the registered objective for `loss_config`."""
+    objective = objectives.build(loss_config, mesh)
+    return lambda out: objective.loss(out, None, objectives.StepContext(step=jnp.int32(0)))
+
+
+def default_loss_config():
+    return objectives.default_loss_config()
+
+
 def test_build_dense_losses_and_metrics():
     x, y = _pair(15, 8, 4, noise=0.1)
     out = _Out(x, y, jnp.array([10.0]), jnp.array([-10.0]))
     loss, m = jax.jit(build(default_loss_config()))(out)
     np.testing.assert_allclose(loss, clip_loss(x, y, 10.0), rtol=1e-5)
-    assert set(m) == {"loss", "logit_scale", "logit_bias", "i2t_acc", "t2i_acc"}
+    assert set(m) == {"loss", "logit_scale", "i2t_acc", "t2i_acc"}
     assert all(v.dtype == jnp.float32 and v.shape == () for v in m.values())
     assert float(m["i2t_acc"]) == 1.0 and float(m["t2i_acc"]) == 1.0
     assert float(m["logit_scale"]) == 10.0
@@ -428,19 +437,17 @@ def test_build_ring_matches_dense_gradient():
 @pytest.mark.parametrize(
     "cfg, match",
     [
-        ({"name": "softmax"}, r"valid names are \['clip', 'siglip', 'filip'"),
-        ({"name": "siglip", "impl": "chunked"}, r"valid impls are \['dense', 'ring'\]"),
-        (
-            {"name": "clip", "temperature": 1.0},
-            r"valid fields are \['name', 'impl', 'batch_axes', 'needs_tokens'",
-        ),
-        ({"name": "clip", "impl": "ring"}, "only implemented for name='siglip'"),
+        ({"name": "softmax"}, r"Invalid config.loss.name='softmax'. Valid choices: .*'clip'"),
+        ({"name": "siglip", "impl": "chunked"}, r"Valid choices: 'dense', 'ring'"),
+        ({"name": "clip", "temperature": 1.0}, r"loss 'clip' \(besides 'name'\): \(none\)"),
+        ({"name": "clip", "impl": "ring"}, r"Unknown config field 'config.loss.impl'"),
         ({"name": "siglip", "impl": "ring"}, "needs the device mesh"),
     ],
 )
 def test_build_rejects_invalid_configs(cfg, match):
+    x, y = _pair(17, 4, 4)
     with pytest.raises(ValueError, match=match):
-        build(cfg)
+        build(cfg)(_Out(x, y, jnp.float32(1.0), jnp.float32(0.0)))
 
 
 def test_build_ring_rejects_unknown_batch_axis_and_siglip_needs_bias():
@@ -457,8 +464,8 @@ def test_public_api():
         "clip_loss",
         "siglip_loss",
         "siglip_loss_ring",
-        "build",
-        "default_loss_config",
+        "as_f32_scalar",
+        "in_batch_accuracy",
     ):
         assert name in losses.__all__ and callable(getattr(losses, name))
     assert ring_lib.siglip_loss_ring is siglip_loss_ring

@@ -1,5 +1,4 @@
-"""Invariants of the alignment objectives (reference/methods.md §0, 4, 5, 7, 8, 14, 15, 16;
-NegCLIP, which methods.md does not cover, from its paper).
+"""Invariants of the alignment objectives (docs/OBJECTIVES.md; NegCLIP's from its paper).
 
 Pure-function tests on small random arrays; the trainer-level tests (heads, GradCache,
 pipeline transforms) use the tiny config of tests/tiny_config.py.
@@ -14,11 +13,10 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alignjax import losses
+from alignjax import objectives
 from alignjax.losses import (
     clim,
     dreamlip,
-    heads,
     lightclip,
     negclip,
     pyramid,
@@ -28,6 +26,7 @@ from alignjax.losses import (
 )
 from alignjax.losses.contrastive import clip_loss
 from alignjax.models.two_tower import l2_normalize
+from alignjax.objectives.wukong import TokenReduction
 
 
 def _unit(rng, *shape):
@@ -310,7 +309,7 @@ def test_ipot_padding_and_permutation_invariance_and_no_plan_gradient():
 def test_token_reduction_shapes_and_uniform_attention():
     rng = np.random.default_rng(0)
     x = _unit(rng, 2, 16, 8)
-    mod = heads.TokenReduction(num_tokens=3, groups=4)
+    mod = TokenReduction(num_tokens=3, groups=4)
     params = mod.init(jax.random.key(0), x)["params"]
     z, attn = mod.apply({"params": params}, x, return_attention=True)
     assert z.shape == (2, 3, 8) and attn.shape == (2, 3, 16)
@@ -359,15 +358,18 @@ def test_mosaic_order_and_region_pooling():
 
 # ----------------------------------------------------------------------------- builder
 def test_builder_rejects_unknown_method_fields_and_values():
-    with pytest.raises(ValueError, match=r"config.loss.filip; valid fields are .*chunk_size"):
-        losses.build({"name": "filip", "filip": {"chunk": 4}})
-    with pytest.raises(ValueError, match="valid: \\['linear', 'cosine', 'constant'\\]"):
-        losses.build({"name": "lightclip", "lightclip": {"schedule": "exp"}})
-    with pytest.raises(ValueError, match="only implemented for name='siglip'"):
-        losses.build({"name": "filip", "impl": "ring"})
-    fn = losses.build({"name": "dreamlip", "dreamlip": {"group_weight": 0.0}})
-    assert fn.objective.needs_tokens is False and fn.objective.heads == {}
-    assert losses.build({"name": "clip", "needs_tokens": True}).objective.needs_tokens
+    with pytest.raises(ValueError, match=r"'config.loss.chunk' \(did you mean 'chunk_size'\?\)"):
+        objectives.build({"name": "filip", "chunk": 4})
+    with pytest.raises(ValueError, match="Valid choices: 'linear', 'cosine', 'constant'"):
+        objectives.build({"name": "lightclip", "schedule": "exp"})
+    with pytest.raises(ValueError, match=r"'config.loss.impl'.*loss 'filip'"):
+        objectives.build({"name": "filip", "impl": "ring"})
+    obj = objectives.build({"name": "dreamlip", "group_weight": 0.0})
+    assert obj.needs_tokens is False and obj.heads(None) == {}
+
+
+def _ctx(step=0):
+    return objectives.StepContext(step=jnp.int32(step))
 
 
 # ----------------------------------------------------------------------------- negclip
@@ -446,8 +448,8 @@ def _outputs(b=8, n1=4, n2=5, d=8, seed=0):
 )
 def test_objectives_reduce_to_clip_in_their_degenerate_case(name, cfg, wrap):
     out = _outputs()
-    fn = losses.build({"name": name, name: cfg})
-    loss, metrics = fn(wrap(out), None, 0)
+    obj = objectives.build({"name": name, **cfg})
+    loss, metrics = obj.loss(wrap(out), None, _ctx())
     scale = 2.0 if name == "pyramid" else 1.0  # Two peer pairs, each the CLIP loss.
     np.testing.assert_allclose(loss, scale * clip_loss(out.zimg, out.ztxt, 10.0), rtol=1e-5)
     assert {"loss", "logit_scale", "i2t_acc", "t2i_acc"} <= set(metrics)
@@ -455,9 +457,9 @@ def test_objectives_reduce_to_clip_in_their_degenerate_case(name, cfg, wrap):
 
 def test_negclip_objective_reports_its_clip_part():
     out = _outputs()
-    fn = losses.build({"name": "negclip"})
+    obj = objectives.build({"name": "negclip"})
     zneg = _unit(np.random.default_rng(9), 8, 8)
-    loss, metrics = fn({"main": out, "zneg": zneg}, None, 0)
+    loss, metrics = obj.loss({"main": out, "zneg": zneg}, None, _ctx())
     np.testing.assert_allclose(loss, negclip.negclip_loss(out.zimg, out.ztxt, zneg, 10.0))
     np.testing.assert_allclose(metrics["loss_clip"], clip_loss(out.zimg, out.ztxt, 10.0))
     assert float(loss) > float(metrics["loss_clip"])
@@ -465,13 +467,12 @@ def test_negclip_objective_reports_its_clip_part():
 
 def test_clim_regions_and_frozen_text():
     out = _outputs(b=8, n1=16)
-    fn = losses.build({"name": "clim", "clim": {"grid": 2, "freeze_text": True}})
-    obj = fn.objective
-    assert obj._split(8) == 4 and not obj.supports_accumulation  # 1 mosaic + 4 singles
+    obj = objectives.build({"name": "clim", "grid": 2, "freeze_text": True})
+    assert not obj.supports_accumulation
 
     def loss_of(ztxt, mosaic_tokens):
         o = out.replace(ztxt=ztxt)
-        return fn({"main": o, "mosaic_tokens": mosaic_tokens}, None, 0)[0]
+        return obj.loss({"main": o, "mosaic_tokens": mosaic_tokens}, None, _ctx())[0]
 
     mosaic = _unit(np.random.default_rng(5), 1, 16, 8)
     g_txt, g_mosaic = jax.grad(loss_of, argnums=(0, 1))(out.ztxt, mosaic)

@@ -1,4 +1,7 @@
-"""Objectives inside the trainer: heads, batch preparation, GradCache, pipeline transforms."""
+"""Objectives inside the trainer: heads, pipeline transforms, trainer-level refusals.
+
+Gradient accumulation through the production step, for every method, is in
+tests/test_grad_accum.py."""
 
 import flax.linen as nn
 import jax
@@ -8,9 +11,10 @@ import pytest
 import tiny_config
 
 from alignjax import data as data_lib
-from alignjax import models, optim, train
-from alignjax.data import method_transforms as mt
-from alignjax.losses import heads
+from alignjax import models, objectives, optim, train
+from alignjax.objectives.dreamlip import SampleSubCaptions, split_sentences
+from alignjax.objectives.negclip import TokenizeNegative
+from alignjax.objectives.pyramid import TokenizeSummary, TwoViews
 
 
 def _batch(rng, n=32, k=2):
@@ -38,58 +42,14 @@ def _config(name, **loss):
     c = tiny_config.get_config()
     c.batch_size = 8
     c.mesh = {'data': 2, 'fsdp': 1, 'tensor': 1}
-    c.loss.name = name
-    for k, v in loss.items():
-        c.loss[name][k] = v
+    c.loss = objectives.loss_config(name, **loss)
     return c
 
 
-@pytest.mark.slow
-def test_objective_grad_accumulation_equals_full_batch():
-    """GradCache over 2 micro-batches reproduces the one-batch loss and gradient for an
-    objective with batch preparation (MLM masks), two forward passes and a head."""
-    c = _config('lightclip', mlm_weight=0.5, mlm_prob=0.5, chunk_size=3)
-    t = train.build_trainer(c, jax.devices()[:2])
-    state = t.init_fn()
-    assert 'mlm_head' in state.params
-    obj = t.loss_fn.objective
-    batch = t.global_batch(_batch(np.random.default_rng(0), n=8))
-    batch = obj.prepare(batch, jax.random.key(1), 0)
-    assert int(jnp.sum(batch['mlm_labels'] != -100)) > 0
-
-    def forward(params, b):
-        return obj.forward(lambda *a, **k: t.model.apply({'params': params}, *a, **k), b)
-
-    def loss_fn(out):
-        return t.loss_fn(out, batch, 0)
-
-    def full(params):
-        return jax.value_and_grad(lambda p: loss_fn(forward(p, batch)), has_aux=True)(params)
-
-    with jax.set_mesh(t.mesh):
-        (loss_full, m_full), g_full = jax.jit(full)(state.params)
-        loss_acc, m_acc, g_acc = jax.jit(
-            lambda p: train.accumulated_grads(forward, p, batch, loss_fn, 2)
-        )(state.params)
-    np.testing.assert_allclose(loss_acc, loss_full, rtol=1e-5)
-    assert float(m_full['loss_mlm']) > 0 and float(m_full['loss_tok']) > 0
-    np.testing.assert_allclose(m_acc['loss_mlm'], m_full['loss_mlm'], rtol=1e-5)
-    flat_full = dict(
-        zip(jax.tree_util.tree_leaves(optim.tree_paths(g_full)), jax.tree_util.tree_leaves(g_full))
-    )
-    flat_acc = dict(
-        zip(jax.tree_util.tree_leaves(optim.tree_paths(g_acc)), jax.tree_util.tree_leaves(g_acc))
-    )
-    assert any(p.startswith('mlm_head/') for p in flat_full)
-    scale = max(float(jnp.abs(g).max()) for g in flat_full.values())
-    for path, g in flat_full.items():
-        np.testing.assert_allclose(flat_acc[path], g, atol=1e-5 * scale, rtol=1e-4, err_msg=path)
-
-
 def test_heads_do_not_change_inference_outputs():
-    c = _config('wukong')
+    c = _config('wukong', num_tokens=3, groups=4)
     base = models.build(c.model)
-    model = heads.with_heads(base, {'wukong': {'num_tokens': 3, 'groups': 4}})
+    model = objectives.build(c.loss).wrap_model(base)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
     tokens = jnp.asarray(_tokens(rng, 2))
@@ -112,7 +72,7 @@ def test_clim_refuses_gradient_accumulation():
 def test_method_transforms_in_the_pipeline():
     tok = data_lib.build_tokenizer({'name': 'word_hash', 'vocab_size': 256, 'context_length': 8})
     src = data_lib.get_source('synthetic:shapes?extra_captions=true', 'train', image_size=16)
-    transforms = (mt.TwoViews(), mt.TokenizeSummary(tok), mt.SampleSubCaptions(tok, num=3))
+    transforms = (TwoViews(), TokenizeSummary(tok), SampleSubCaptions(tok, num=3))
     it = data_lib.make_train_iterator(
         src, tokenizer=tok, global_batch_size=4, seed=0, extra_transforms=transforms
     )
@@ -124,12 +84,12 @@ def test_method_transforms_in_the_pipeline():
     assert not np.array_equal(b['image'], b['image_local'])
     # Sub-captions are sentences of the long caption; without one, the caption itself.
     ex = {'caption': 'a red circle', 'long_caption': 'one. two.\nthree</s>four'}
-    assert mt.split_sentences(ex['long_caption']) == ['one', 'two', 'three', 'four']
-    out = mt.SampleSubCaptions(tok, num=4).random_map(ex, np.random.default_rng(0))
+    assert split_sentences(ex['long_caption']) == ['one', 'two', 'three', 'four']
+    out = SampleSubCaptions(tok, num=4).random_map(ex, np.random.default_rng(0))
     assert sorted(map(tuple, out['sub_tokens'].tolist())) == sorted(
         map(tuple, tok(['one', 'two', 'three', 'four']).tolist())
     )
-    fallback = mt.SampleSubCaptions(tok, num=2).random_map(
+    fallback = SampleSubCaptions(tok, num=2).random_map(
         {'caption': 'a red circle'}, np.random.default_rng(0)
     )
     assert (fallback['sub_tokens'] == tok(['a red circle'])[0]).all()
@@ -172,13 +132,13 @@ def test_negclip_trains_through_the_pipeline_and_needs_negatives():
         tokenizer=tok,
         global_batch_size=4,
         seed=0,
-        extra_transforms=(mt.TokenizeNegative(tok),),
+        extra_transforms=(TokenizeNegative(tok),),
     )
     b = next(it)
     it.close()
     assert b['neg_tokens'].shape == (4, 24) and not np.array_equal(b['neg_tokens'], b['tokens'])
     with pytest.raises(ValueError, match='hard_negatives=true'):
-        mt.TokenizeNegative(tok).map({'caption': 'a red circle'})
+        TokenizeNegative(tok).map({'caption': 'a red circle'})
 
     c = _config('negclip')
     t = train.build_trainer(c, jax.devices()[:2])
@@ -196,7 +156,7 @@ def test_extra_captions_leave_the_default_examples_unchanged():
     for i in range(5):
         a, b = plain[i], extra[i]
         assert a['caption'] == b['caption'] and np.array_equal(a['image'], b['image'])
-        assert 'summary' in b and len(mt.split_sentences(b['long_caption'])) == 4
+        assert 'summary' in b and len(split_sentences(b['long_caption'])) == 4
         assert 'summary' not in a
 
 

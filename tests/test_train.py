@@ -116,49 +116,6 @@ def test_two_processes_match_one(tmp_path, reference_8x1):
     np.testing.assert_allclose(_losses(workdir), reference_8x1, rtol=1e-5)
 
 
-@pytest.mark.parametrize('loss', ['clip', 'siglip'])
-def test_grad_accumulation_equals_full_batch_gradient(loss):
-    c = tiny_config.get_config('siglip' if loss == 'siglip' else None)
-    c.batch_size = 32
-    c.mesh = dict(data=4, fsdp=2, tensor=1)
-    t = train.build_trainer(c)
-    state = t.init_fn()
-    rng = np.random.default_rng(0)
-    batch = t.global_batch(
-        {
-            'image': rng.normal(size=(32, 16, 16, 3)).astype(np.float32),
-            'tokens': rng.integers(1, 255, size=(32, 8)).astype(np.int32),
-        }
-    )
-
-    def forward(params, b):
-        return t.model.apply({'params': params}, b['image'], b['tokens'])
-
-    def full(params):
-        (l, _), g = jax.value_and_grad(lambda p: t.loss_fn(forward(p, batch)), has_aux=True)(params)
-        return l, g
-
-    with jax.set_mesh(t.mesh):
-        loss_full, g_full = jax.jit(full)(state.params)
-        loss_acc, _, g_acc = jax.jit(
-            lambda p: train.accumulated_grads(forward, p, batch, t.loss_fn, 4)
-        )(state.params)
-    np.testing.assert_allclose(loss_acc, loss_full, rtol=1e-6)
-    flat_full = dict(
-        zip(jax.tree_util.tree_leaves(optim.tree_paths(g_full)), jax.tree_util.tree_leaves(g_full))
-    )
-    flat_acc = dict(
-        zip(jax.tree_util.tree_leaves(optim.tree_paths(g_acc)), jax.tree_util.tree_leaves(g_acc))
-    )
-    assert 'log_scale' in flat_full and abs(float(flat_full['log_scale'])) > 0
-    # Tolerance relative to the largest gradient: some leaves are exactly zero in exact
-    # arithmetic (attention key biases: softmax ignores a per-query constant) and hold
-    # only float noise, which no relative tolerance of their own can compare.
-    scale = max(float(jnp.abs(g).max()) for g in flat_full.values())
-    for path, g in flat_full.items():
-        np.testing.assert_allclose(flat_acc[path], g, atol=1e-6 * scale, rtol=1e-4, err_msg=path)
-
-
 def test_frozen_image_tower_is_bit_identical(tmp_path):
     c = tiny_config.get_config()
     c.optim.freeze = ('img/.*',)

@@ -6,6 +6,9 @@
   python -m alignjax.evaluate --workdir /tmp/demo --config configs/demo.py \\
       --config.evals.inet.type=zeroshot ...        # other evaluators than the run's
 
+`--weights ema` evaluates the run's EMA copy (`config.ema`), or any other extra weight set
+of the train state; results then go to `eval_<step>_<weights>.json`.
+
 The config is the run's `<workdir>/config.json` unless `--config` is given (then its
 `config.evals` are the evaluators; `--config.a.b=v` overrides work). `--evals a,b` runs only
 those. Results go to `<output_dir>/eval_<step>.json` (default: the workdir, or the directory
@@ -15,7 +18,6 @@ same flags as `alignjax.train` (`--coordinator_address`, `--num_processes`, `--p
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -23,24 +25,11 @@ import sys
 import jax
 import ml_collections
 
-from alignjax import checkpoint as checkpoint_lib
-from alignjax import parallel
+from alignjax import parallel, restore
 from alignjax import workdir as workdir_lib
 from alignjax.evaluate import evaluators as evaluators_lib
 
 ConfigDict = ml_collections.ConfigDict
-
-
-def load_config(workdir: str) -> ConfigDict:
-    """The resolved config a run wrote to `<workdir>/config.json`."""
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(path):
-        raise ValueError(
-            f'{path} does not exist: --workdir must be a training run directory, or pass '
-            '--config (and --checkpoint).'
-        )
-    with open(path) as f:
-        return ConfigDict(json.load(f))
 
 
 def locate_checkpoint(checkpoint: str | None, workdir: str | None, step: int | None):
@@ -64,12 +53,12 @@ def evaluate_checkpoint(
     step: int | None = None,
     only: list[str] | None = None,
     output_dir: str | None = None,
+    weights: str = restore.PARAMS,
 ) -> tuple[int, dict[str, float]]:
     """Restores `step` (None: newest) from `checkpoint_dir`, runs the evaluators of
-    `config.evals` (or those named in `only`), writes `eval_<step>.json` to `output_dir`
-    (process 0) and returns (step, metrics)."""
-    from alignjax import train  # Deferred: train imports this package.
-
+    `config.evals` (or those named in `only`) on the weight set `weights` ('params', or an
+    extra set such as 'ema'), writes `eval_<step>.json` (`eval_<step>_<weights>.json` for an
+    extra set) to `output_dir` (process 0) and returns (step, metrics)."""
     if only:
         missing = [n for n in only if n not in config.evals]
         if missing:
@@ -83,29 +72,26 @@ def evaluate_checkpoint(
             'config.evals is empty: nothing to evaluate. Pass --config with evaluators, e.g. '
             "configs/demo.py, or --config.evals.NAME.type=zeroshot ..."
         )
-    t = train.build_trainer(config)
-    ckpt = checkpoint_lib.Checkpointer(checkpoint_dir)
-    try:
-        steps = ckpt.all_steps()
-        if step is None:
-            step = max(steps) if steps else None
-            if step is None:
-                raise ValueError(f'No checkpoint in {checkpoint_dir}.')
-        elif step not in steps:
-            raise ValueError(f'No checkpoint for step {step} in {checkpoint_dir}; steps: {steps}.')
-        state = ckpt.restore(step, t.abstract_state, None)
-    finally:
-        ckpt.close()
-    evaluators = evaluators_lib.build_evaluators(t.config, t.model, t.tokenizer, t.mesh)
+    run = restore.load_run(config, checkpoint_dir, step, weights)
+    evaluators = evaluators_lib.build_evaluators(
+        run.config, run.model, run.tokenizer, run.mesh, run.build.objective.scorers
+    )
     results: dict[str, float] = {}
     for ev in evaluators:
-        results.update(ev.run(state.params))
+        results.update(ev.run(run.params))
+    step = run.step
     if output_dir and jax.process_index() == 0:
         os.makedirs(output_dir, exist_ok=True)
-        record = {'step': int(step), 'checkpoint': os.path.join(checkpoint_dir, str(step))}
+        record = {'step': step, 'checkpoint': os.path.join(checkpoint_dir, str(step))}
+        record['weights'] = weights
         record.update({k: workdir_lib.to_python(v) for k, v in results.items()})
-        workdir_lib.write_json(os.path.join(output_dir, f'eval_{step}.json'), record)
-    return int(step), results
+        workdir_lib.write_json(os.path.join(output_dir, eval_file_name(step, weights)), record)
+    return step, results
+
+
+def eval_file_name(step: int, weights: str = restore.PARAMS) -> str:
+    """`eval_<step>.json`, or `eval_<step>_<weights>.json` for an extra weight set."""
+    return f'eval_{step}.json' if weights == restore.PARAMS else f'eval_{step}_{weights}.json'
 
 
 def main(argv=None) -> None:
@@ -120,6 +106,9 @@ def main(argv=None) -> None:
     flags.DEFINE_string('checkpoint', None, 'A checkpoints/ directory or one checkpoints/<step>.')
     flags.DEFINE_string('output_dir', None, 'Where eval_<step>.json goes (default: the workdir).')
     flags.DEFINE_list('evals', None, 'Run only these evaluators of config.evals.')
+    flags.DEFINE_string(
+        'weights', restore.PARAMS, "Weight set: 'params' (trained), or an extra set such as 'ema'."
+    )
     flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
     flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
     flags.DEFINE_integer('process_id', None, "This process's index (multi-process).")
@@ -133,17 +122,21 @@ def main(argv=None) -> None:
             if f.config is not None:
                 config = f.config
             elif f.workdir:
-                config = load_config(f.workdir)
+                config = restore.load_config(f.workdir)
             else:
                 raise ValueError('--checkpoint needs --config (or a --workdir with config.json).')
             run_dir = f.workdir or os.path.dirname(ckpt_dir)
             out_dir = f.output_dir or run_dir
-            step, results = evaluate_checkpoint(config, ckpt_dir, step, f.evals, out_dir)
+            step, results = evaluate_checkpoint(
+                config, ckpt_dir, step, f.evals, out_dir, f.weights
+            )
         except ValueError as e:
             print(f'error: {e}', file=sys.stderr)
             sys.exit(1)
         workdir_lib.print_table(
-            f'Evaluation of step {step} -> {os.path.join(out_dir, f"eval_{step}.json")}', results
+            f'Evaluation of step {step} ({f.weights}) -> '
+            f'{os.path.join(out_dir, eval_file_name(step, f.weights))}',
+            results,
         )
 
     app.run(run, argv=argv)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from alignjax import restore
 from alignjax.data import transforms as T
 from alignjax.evaluate.embed import Embedder
 
@@ -117,24 +118,13 @@ def load_alignjax(
     are ignored: JAX places the computation on its own devices.
     """
     del cache_dir, device
-    from alignjax import checkpoint as checkpoint_lib
-    from alignjax import train
-    from alignjax.evaluate.__main__ import load_config
-
-    config = load_config(model_name)
-    t = train.build_trainer(config)
-    ckpt = checkpoint_lib.Checkpointer(os.path.join(model_name, 'checkpoints'))
-    try:
-        step = None if pretrained in (None, '', 'latest') else int(pretrained)
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise ValueError(f'No checkpoint in {ckpt.directory}.')
-        state = ckpt.restore(step, t.abstract_state, None)
-    finally:
-        ckpt.close()
-    model = AlignjaxCLIP(t.model, state.params, t.mesh, batch_size)
-    transform = Transform(t.config.data.image_size, t.config.data.normalize)
-    return model, transform, Tokenizer(t.tokenizer)
+    step = None if pretrained in (None, '', 'latest') else int(pretrained)
+    run = restore.load_run(
+        restore.load_config(model_name), os.path.join(model_name, 'checkpoints'), step
+    )
+    model = AlignjaxCLIP(run.model, run.params, run.mesh, batch_size)
+    transform = Transform(run.config.data.image_size, run.config.data.normalize)
+    return model, transform, Tokenizer(run.tokenizer)
 
 
 def register() -> None:

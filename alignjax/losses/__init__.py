@@ -5,21 +5,19 @@ Public API:
   clip_loss(zimg [B, D], ztxt [B, D], logit_scale) -> scalar
   siglip_loss(zimg, ztxt, logit_scale, logit_bias) -> scalar
   siglip_loss_ring(zimg, ztxt, logit_scale, logit_bias, *, mesh, batch_axes) -> scalar
-  build(loss_config, mesh=None) -> loss_fn(out, batch=None, step=None) -> (loss, metrics)
-  default_loss_config() -> ConfigDict
 
 Shared primitives (targets.py, tokenwise.py): hard/softened/smoothed/label/multi-positive
 targets, symmetric_contrastive, kl_soft, token_similarity (masked, chunked), filip_loss.
-Methods: pyramid.py (PyramidCLIP), lightclip.py, dreamlip.py, uniter.py (IPOT word-region
-alignment), wukong.py (+ heads.TokenReduction), clim.py, negclip.py; objectives.py wires
-each into the trainer. See docs/OBJECTIVES.md.
+The math of the methods: pyramid.py (PyramidCLIP), lightclip.py, dreamlip.py, uniter.py
+(IPOT word-region alignment), wukong.py, clim.py, negclip.py. This package is pure functions
+of arrays; each method's wiring into the trainer (config fields, model calls, data) is one
+file of :mod:`alignjax.objectives`. See docs/OBJECTIVES.md.
 """
 
 from alignjax.losses.contrastive import (
-    LOSS_NAMES,
-    build,
+    as_f32_scalar,
     clip_loss,
-    default_loss_config,
+    in_batch_accuracy,
     info_nce,
     siglip_loss,
 )
@@ -37,13 +35,12 @@ from alignjax.losses.targets import (
 from alignjax.losses.tokenwise import filip_loss, select_top_tokens, token_similarity
 
 __all__ = [
-    "LOSS_NAMES",
-    "build",
+    "as_f32_scalar",
     "clip_loss",
     "contrastive_from_logits",
-    "default_loss_config",
     "filip_loss",
     "hard_targets",
+    "in_batch_accuracy",
     "info_nce",
     "kl_soft",
     "label_targets",

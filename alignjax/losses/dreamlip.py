@@ -1,7 +1,7 @@
 """DreamLIP (Zheng et al., ECCV 2024, arXiv:2403.17007): long captions as K sub-captions.
 
 Each image comes with its caption and K sub-captions (sentences sampled from a long
-caption, ``alignjax.data.method_transforms.SampleSubCaptions``). Texts: ``Y [B, 1+K, D]``.
+caption, ``alignjax.objectives.dreamlip.SampleSubCaptions``). Texts: ``Y [B, 1+K, D]``.
 
 * Multi-positive contrastive loss over all ``B(1+K)`` texts: image ``i``'s positives are its
   own ``1+K`` texts (uniform target), each text's positive is its image::
@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from alignjax.losses.contrastive import _as_f32_scalar
+from alignjax.losses.contrastive import as_f32_scalar
 from alignjax.losses.targets import symmetric_contrastive
 from alignjax.models.two_tower import l2_normalize
 
@@ -35,7 +35,7 @@ GROUP_NORMS = ("minmax", "softmax")
 
 def multi_positive_loss(zimg: jax.Array, ztxt_all: jax.Array, logit_scale: Any) -> jax.Array:
     """Multi-positive InfoNCE: zimg [B, D], ztxt_all [B, 1+K, D] -> float32 scalar."""
-    t = _as_f32_scalar(logit_scale, "logit_scale")
+    t = as_f32_scalar(logit_scale, "logit_scale")
     b, p, d = ztxt_all.shape
     y = ztxt_all.reshape(b * p, d).astype(jnp.float32)
     logits = t * (zimg.astype(jnp.float32) @ y.T)  # [B, B(1+K)]

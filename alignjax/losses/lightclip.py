@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from alignjax.losses.contrastive import _as_f32_scalar, info_nce
+from alignjax.losses.contrastive import as_f32_scalar, info_nce
 from alignjax.losses.targets import contrastive_from_logits, softened_targets
 from alignjax.losses.tokenwise import token_similarity
 
@@ -63,7 +63,7 @@ def instance_loss(
     zimg: jax.Array, ztxt: jax.Array, logit_scale: Any, alpha: Any, neg_weighting: str = "uniform"
 ) -> jax.Array:
     """Symmetric InfoNCE with softened targets (``α = 0``: the CLIP loss)."""
-    t = _as_f32_scalar(logit_scale, "logit_scale")
+    t = as_f32_scalar(logit_scale, "logit_scale")
     logits = t * (zimg.astype(jnp.float32) @ ztxt.astype(jnp.float32).T)
     alpha = jnp.asarray(alpha, jnp.float32)
     if neg_weighting == "uniform" or logits.shape[0] == 1:
@@ -84,7 +84,7 @@ def relaxed_token_loss(
     patches of image ``i``; ``L = ½ (CE_rows(t·S) + CE_cols(t·S))``. One token per side
     gives the global cosine, i.e. the CLIP loss.
     """
-    t = _as_f32_scalar(logit_scale, "logit_scale")
+    t = as_f32_scalar(logit_scale, "logit_scale")
     _, s_t = token_similarity(img_tokens, None, txt_tokens, txt_mask, chunk_size=chunk_size)
     return contrastive_from_logits(t * s_t, t * s_t)
 

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from alignjax.losses.contrastive import _as_f32_scalar
+from alignjax.losses.contrastive import as_f32_scalar
 
 __all__ = ["negclip_loss"]
 
@@ -26,7 +26,7 @@ __all__ = ["negclip_loss"]
 def negclip_loss(zimg: jax.Array, ztxt: jax.Array, zneg: jax.Array, logit_scale: Any) -> jax.Array:
     """zimg, ztxt, zneg: [B, D] (L2-normalised; row i of zneg is image i's hard negative)
     -> float32 scalar. ``logit_scale`` is the multiplier t."""
-    t = _as_f32_scalar(logit_scale, "logit_scale")
+    t = as_f32_scalar(logit_scale, "logit_scale")
     x = zimg.astype(jnp.float32)
     pos = t * (x @ ztxt.astype(jnp.float32).T)  # [B, B]
     neg = t * (x @ zneg.astype(jnp.float32).T)  # [B, B]: every image against every negative

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from alignjax.losses.contrastive import _as_f32_scalar, _check_pair
+from alignjax.losses.contrastive import as_f32_scalar, check_pair
 
 try:  # jax >= 0.7: the public, non-experimental API.
     from jax import shard_map as _jax_shard_map
@@ -173,7 +173,7 @@ def _ring_local(
 
 
 def _siglip_ring(zimg, ztxt, logit_scale, logit_bias, *, mesh, batch_axes, with_accuracy: bool):
-    _check_pair(zimg, ztxt, "siglip_loss_ring")
+    check_pair(zimg, ztxt, "siglip_loss_ring")
     if mesh is None:
         raise ValueError("siglip_loss_ring needs the device mesh (mesh=...).")
     axes = normalize_batch_axes(batch_axes, mesh)
@@ -186,8 +186,8 @@ def _siglip_ring(zimg, ztxt, logit_scale, logit_bias, *, mesh, batch_axes, with_
             f"siglip_loss_ring: the global batch {global_b} must be divisible by the number "
             f"of devices on the batch axes {axes} ({n}); pad the batch or use impl='dense'."
         )
-    t = _as_f32_scalar(logit_scale, "logit_scale")
-    b = _as_f32_scalar(logit_bias, "logit_bias")
+    t = as_f32_scalar(logit_scale, "logit_scale")
+    b = as_f32_scalar(logit_bias, "logit_bias")
     axis = axes if len(axes) > 1 else axes[0]
     if _has_explicit_axes(mesh):
         # Explicit-mode shard_map checks that inputs already have the in_specs sharding

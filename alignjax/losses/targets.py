@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from alignjax.losses.contrastive import _as_f32_scalar, info_nce
+from alignjax.losses.contrastive import as_f32_scalar, info_nce
 
 __all__ = [
     "contrastive_from_logits",
@@ -115,7 +115,7 @@ def symmetric_contrastive(
       float32 scalar. For the text->image direction each *column* of ``T`` is renormalised
       to a distribution (it already is one for the symmetric builders above).
     """
-    t = _as_f32_scalar(logit_scale, "logit_scale")
+    t = as_f32_scalar(logit_scale, "logit_scale")
     logits = t * (x.astype(jnp.float32) @ y.astype(jnp.float32).T)
     if targets is None:
         targets = hard_targets(*logits.shape)

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from alignjax.losses.contrastive import _as_f32_scalar
+from alignjax.losses.contrastive import as_f32_scalar
 from alignjax.losses.targets import contrastive_from_logits, smoothed_targets
 
 __all__ = ["filip_loss", "select_top_tokens", "token_similarity"]
@@ -189,7 +189,7 @@ def filip_loss(
     Returns:
       ``(loss, (s_I, s_T))``, the scores as [B, B] float32 (for metrics).
     """
-    t = _as_f32_scalar(logit_scale, "logit_scale")
+    t = as_f32_scalar(logit_scale, "logit_scale")
     x, xm = select_top_tokens(
         img_tokens, img_mask, txt_tokens, txt_mask, img_keep_ratio, group_size
     )

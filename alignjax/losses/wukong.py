@@ -1,7 +1,7 @@
 """Wukong (Gu et al., NeurIPS 2022 D&B, arXiv:2202.06767): reduced-token interaction.
 
 The image's patch tokens are reduced to K learned tokens by
-:class:`alignjax.losses.heads.TokenReduction` (a TokenLearner-like attention over the patch
+:class:`alignjax.objectives.wukong.TokenReduction` (a TokenLearner-like attention over the patch
 grid) before the FILIP token-wise similarity, which is the same function as FILIP's
 (:func:`alignjax.losses.tokenwise.filip_loss`): the interaction costs ``K·n2`` instead of
 ``N·n2`` per pair. Wukong locks a pre-trained image tower (LiT); set ``optim.freeze``.

@@ -3,10 +3,12 @@
   python tests/data/record_objective_reference.py
 
 The committed reference was recorded before the objectives moved into the registry
-(commit ec8160e): `test_objective_reference.py` checks that the moved code gives the same
-values. Each method runs its config (model, data, loss), with the batch cut to 16 and one
-CPU device, through the production train step (`Trainer.step_fn`); the metrics of that step
-are the loss and the global gradient norm before clipping. The batch is stored too (images
+(this script at commit ec8160e, where the loss configs had the old nested layout):
+`test_objective_reference.py` checks that the moved code gives the same values. Each method
+runs its config (data, loss, optimizer; the model shrunk by `shrink` so the test compiles
+fast), with the batch cut to 16 and one CPU device, through the production train step
+(`Trainer.step_fn`); the metrics of that step are the loss and the global gradient norm
+before clipping. The batch is stored too (images
 as uint8, exactly invertible), so a later change of a config's data does not move the
 reference.
 """
@@ -43,6 +45,15 @@ METHODS = {
 }
 
 
+def shrink(c):
+    """The methods' configs with a smaller model, so that the test compiles fast."""
+    m = c.model
+    m.embed_dim = 16
+    m.image.width, m.image.depth, m.image.mlp_dim, m.image.num_heads = 32, 1, 64, 2
+    m.image.patch_size = 12  # 48 px -> 4 x 4 = 16 patch tokens.
+    m.text.width, m.text.depth, m.text.mlp_dim, m.text.num_heads = 32, 1, 64, 2
+
+
 def to_uint8(x):
     u = np.round((np.asarray(x, np.float32) + 1.0) * 127.5).astype(np.uint8)
     back = np.multiply(u, np.float32(2.0 / 255.0), dtype=np.float32) + np.float32(-1.0)
@@ -55,6 +66,7 @@ def main():
     for key, (fname, arg) in METHODS.items():
         c = config_lib.load_config_file(os.path.join(ROOT, 'configs', fname), arg)
         c.batch_size = BATCH
+        shrink(c)
         t = train.build_trainer(c, devices=jax.devices()[:1])
         batch = next(train.make_train_iterator(t.config, t.tokenizer))
         state = t.init_fn()

@@ -1,0 +1,99 @@
+"""Gradient accumulation through the production step (`Trainer.step_fn`), for every method.
+
+GradCache (`grad_accum_steps=M`) must give the full-batch loss, gradient and update. Each
+case runs the same config, initial state and batch with M = 4 and M = 1 and compares the
+loss, the gradient norm and the parameter update. Adam's first update is ~sign(g), which
+would hide a wrong gradient magnitude and flip on float noise, so `optim.eps` is made large:
+then `update = -lr g / (sqrt(v) + eps) ~ -lr g / eps` is linear in the gradient.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tiny_config
+
+from alignjax import objectives, optim, train
+
+ACCUMULATING = [n for n in objectives.names() if objectives.get(n).supports_accumulation]
+METHOD_FIELDS = {  # Switch on every part of the methods that has one.
+    'lightclip': dict(mlm_weight=0.5, mlm_prob=0.5, chunk_size=3),
+    'dreamlip': dict(num_sub_captions=2, group_weight=1.0, circle_weight=0.1),
+    'wukong': dict(num_tokens=3, groups=4),
+    'uniter': dict(iterations=5),
+    'filip': dict(chunk_size=5),
+}
+CASES = [(n, {}) for n in ACCUMULATING] + [
+    ('clip', {'optim.freeze': ('img/.*',)}),  # LiT: a frozen tower.
+    ('clip', {'ema.decay': 0.9}),  # An EMA copy updated by the step.
+]
+
+
+def _tokens(rng, n, length=8):
+    """CLIP-convention rows: BOS, words, EOT (255, the largest id), padding."""
+    out = np.zeros((n, length), np.int32)
+    for i, k in enumerate(rng.integers(1, length - 2, size=n)):
+        out[i, 0] = 1
+        out[i, 1 : 1 + k] = rng.integers(3, 250, size=k)
+        out[i, 1 + k] = 255
+    return out
+
+
+def _batch(n=16):
+    rng = np.random.default_rng(0)
+    return {
+        'image': rng.normal(size=(n, 16, 16, 3)).astype(np.float32),
+        'image_local': rng.normal(size=(n, 16, 16, 3)).astype(np.float32),
+        'tokens': _tokens(rng, n),
+        'summary_tokens': _tokens(rng, n),
+        'neg_tokens': _tokens(rng, n),
+        'sub_tokens': _tokens(rng, n * 2).reshape(n, 2, 8),
+    }
+
+
+def _config(name, overrides, accum):
+    c = tiny_config.get_config('siglip' if name == 'siglip' else None)
+    c.batch_size, c.grad_accum_steps = 16, accum
+    c.mesh = {'data': 2, 'fsdp': 1, 'tensor': 1}
+    c.loss = objectives.loss_config(name, **METHOD_FIELDS.get(name, {}))
+    c.optim.eps, c.optim.weight_decay, c.optim.grad_clip_norm = 1e3, 0.0, 0.0
+    c.optim.warmup_steps, c.optim.schedule = 0, 'constant'
+    for key, value in overrides.items():
+        section, field = key.split('.')
+        c[section][field] = value
+    return c
+
+
+def _run(name, overrides, accum):
+    t = train.build_trainer(_config(name, overrides, accum), jax.devices()[:2])
+    state = t.init_fn()
+    before = jax.device_get(state.params)
+    new, metrics = t.step_fn(state, t.global_batch(_batch()))
+    return before, jax.device_get(new), jax.device_get(metrics)
+
+
+def _flat(tree):
+    return dict(zip(jax.tree_util.tree_leaves(optim.tree_paths(tree)), jax.tree_util.tree_leaves(tree)))
+
+
+@pytest.mark.parametrize('name, overrides', CASES, ids=[f'{n}{list(o)}' for n, o in CASES])
+def test_step_with_accumulation_equals_the_full_batch_step(name, overrides):
+    before, full, m_full = _run(name, overrides, 1)
+    _, acc, m_acc = _run(name, overrides, 4)
+    np.testing.assert_allclose(m_acc['train/loss'], m_full['train/loss'], rtol=1e-5)
+    np.testing.assert_allclose(m_acc['train/grad_norm'], m_full['train/grad_norm'], rtol=1e-5)
+    d_full = _flat(jax.tree_util.tree_map(lambda a, b: a - b, full.params, before))
+    d_acc = _flat(jax.tree_util.tree_map(lambda a, b: a - b, acc.params, before))
+    scale = max(float(np.abs(d).max()) for d in d_full.values())
+    assert scale > 0
+    for path, d in d_full.items():
+        np.testing.assert_allclose(d_acc[path], d, rtol=1e-5, atol=1e-5 * scale, err_msg=path)
+    if 'optim.freeze' in overrides:  # The frozen tower did not move, in either run.
+        assert all(not np.any(d) for p, d in d_full.items() if p.startswith('img/'))
+        assert all(not np.any(d) for p, d in d_acc.items() if p.startswith('img/'))
+    for set_name in full.weights:  # Extra weight sets (the EMA) agree too.
+        for path, w in _flat(full.weights[set_name]).items():
+            np.testing.assert_allclose(_flat(acc.weights[set_name])[path], w, rtol=1e-5, atol=1e-7)
+    if 'ema.decay' in overrides:
+        assert set(full.weights) == {'ema'}
+        assert float(jnp.asarray(m_full['train/loss'])) > 0

@@ -1,0 +1,91 @@
+"""Extra weight sets in the train state: EMA updates, checkpoints, resume, evaluation."""
+
+import jax
+import numpy as np
+import pytest
+import tiny_config
+
+from alignjax import checkpoint as checkpoint_lib
+from alignjax import objectives, train
+from alignjax.evaluate import __main__ as eval_cli
+
+
+def _batch(seed):
+    rng = np.random.default_rng(seed)
+    return {
+        'image': rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+        'tokens': rng.integers(1, 255, size=(16, 8)).astype(np.int32),
+    }
+
+
+def _leaves(tree):
+    return [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(jax.device_get(tree))]
+
+
+@pytest.mark.parametrize('schedule', ['constant', 'warmup'])
+def test_ema_update_equals_its_formula(schedule):
+    c = tiny_config.get_config()
+    c.ema.decay, c.ema.schedule = 0.8, schedule
+    t = train.build_trainer(c, jax.devices()[:2])
+    state = t.init_fn()
+    ema = _leaves(state.params)  # The EMA starts as a copy of the initial parameters.
+    for leaf, got in zip(ema, _leaves(state.weights['ema'])):
+        np.testing.assert_array_equal(got, leaf)
+    for step in range(3):
+        state, _ = t.step_fn(state, t.global_batch(_batch(step)))
+        d = 0.8 if schedule == 'constant' else min(0.8, (1 + step) / (10 + step))
+        ema = [d * e + (1 - d) * p for e, p in zip(ema, _leaves(state.params))]
+        for want, got in zip(ema, _leaves(state.weights['ema'])):
+            np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+
+
+def test_weight_set_spec_is_checked():
+    with pytest.raises(ValueError, match="Valid choices: 'frozen', 'ema'"):
+        objectives.WeightSet(kind='momentun')
+    with pytest.raises(ValueError, match='needs init_from'):
+        objectives.WeightSet(init='init_from')
+    with pytest.raises(ValueError, match='decay must be in'):
+        objectives.WeightSet(kind='ema', decay=1.0)
+    c = tiny_config.get_config()
+    c.ema.decay = 1.5
+    with pytest.raises(ValueError, match=r'config.ema.decay must be in \[0, 1\)'):
+        train.build_trainer(c)
+
+
+def _ema_config(total_steps):
+    c = tiny_config.get_config()
+    c.ema.decay = 0.9
+    c.total_steps, c.checkpoint_every_steps = total_steps, 2
+    c.evals = {
+        'shapes': dict(type='zeroshot', data='synthetic:shapes', split='test', num_examples=64,
+                       batch_size=32, tasks=('color',)),
+    }
+    return c
+
+
+def test_resume_with_an_ema_copy_is_bit_exact_and_evaluate_reads_it(tmp_path):
+    straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+    train.train_and_evaluate(_ema_config(4), str(straight))
+    train.train_and_evaluate(_ema_config(2), str(resumed))  # Stops at 2 (a checkpoint)...
+    train.train_and_evaluate(_ema_config(4), str(resumed))  # ...and resumes to 4.
+    t = train.build_trainer(_ema_config(4))
+    states = []
+    for workdir in (straight, resumed):
+        ckpt = checkpoint_lib.Checkpointer(str(workdir / 'checkpoints'))
+        states.append(ckpt.restore(4, t.abstract_state, None))
+        ckpt.close()
+    a, b = states
+    for x, y in zip(_leaves((a.params, a.weights)), _leaves((b.params, b.weights))):
+        np.testing.assert_array_equal(x, y)
+    assert not all(
+        np.array_equal(x, y) for x, y in zip(_leaves(a.params), _leaves(a.weights['ema']))
+    )
+    # `python -m alignjax.evaluate --weights ema` scores the EMA copy, not the parameters.
+    ckpt_dir = str(straight / 'checkpoints')
+    config = _ema_config(4)
+    _, on_params = eval_cli.evaluate_checkpoint(config, ckpt_dir, 4, None, str(straight))
+    _, on_ema = eval_cli.evaluate_checkpoint(config, ckpt_dir, 4, None, str(straight), 'ema')
+    assert (straight / 'eval_4_ema.json').exists() and (straight / 'eval_4.json').exists()
+    assert set(on_params) == set(on_ema)
+    with pytest.raises(ValueError, match=r"--weights='teacher'.*valid: \['params', 'ema'\]"):
+        eval_cli.evaluate_checkpoint(config, ckpt_dir, 4, None, None, 'teacher')
