@@ -500,12 +500,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
 
 
 def _data_skipped(train_iter) -> dict[str, int]:
-    """`data/skipped` (summed over processes) and `data/skipped/<reason>`, if reported."""
-    counts_fn = getattr(train_iter, 'skipped_counts', None)
-    if counts_fn is None:
-        return {}
+    """`data/skipped` (summed over processes) and `data/skipped/<reason>`."""
     total: dict[str, int] = {}
-    for counts in checkpoint_lib.gather_json(dict(counts_fn())):
+    for counts in checkpoint_lib.gather_json(dict(train_iter.skipped_counts())):
         for reason, n in counts.items():
             total[reason] = total.get(reason, 0) + int(n)
     out = {f'data/skipped/{reason}': n for reason, n in sorted(total.items())}

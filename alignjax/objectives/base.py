@@ -370,3 +370,26 @@ def build(loss: Any, mesh: jax.sharding.Mesh | None = None) -> Objective:
     """The objective of a ``config.loss`` (validated here)."""
     cfg = validate_loss_config(loss)
     return get(cfg["name"])(cfg, mesh)
+
+
+def methods_table(built_in_only: bool = True) -> str:
+    """The registered methods as a Markdown table (docs/OBJECTIVES.md is generated from it).
+
+    One row per method: ``config.loss.name``, what it is (its module's first docstring
+    line), its fields with their defaults, and whether gradient accumulation is exact.
+    ``built_in_only``: only the methods of this package (not those a user registered).
+    """
+    rows = [
+        '| `loss.name` | method | fields (defaults) | GradCache |',
+        '|---|---|---|---|',
+    ]
+    for name in sorted(_REGISTRY):
+        cls = _REGISTRY[name]
+        if built_in_only and not cls.__module__.startswith(__package__ + "."):
+            continue
+        module_doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or '').strip()
+        what = module_doc.splitlines()[0].rstrip('.') if module_doc else cls.__qualname__
+        fields = ', '.join(f'`{k}={v!r}`' for k, v in cls.defaults.items()) or '—'
+        accum = 'exact' if cls.supports_accumulation else 'refused (forward mixes examples)'
+        rows.append(f'| `{name}` | {what} | {fields} | {accum} |')
+    return '\n'.join(rows) + '\n'

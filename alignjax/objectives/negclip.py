@@ -1,5 +1,7 @@
-"""NegCLIP (Yuksekgonul et al., ICLR 2023): each image's hard negative caption joins the
-image->text softmax (:func:`alignjax.losses.negclip.negclip_loss`)::
+"""NegCLIP (Yuksekgonul et al., ICLR 2023): hard negative captions in the image->text softmax.
+
+Each image's hard negative caption joins the texts of the image->text direction
+(:func:`alignjax.losses.negclip.negclip_loss`)::
 
     L = ½ [ (1/B) Σ_i CE_{j in [Y; N]}(t x_i·z_j, target i) + (1/B) Σ_j CE_i(t y_j·x_i, j) ]
 
