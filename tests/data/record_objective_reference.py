@@ -68,12 +68,12 @@ def main():
         c.batch_size = BATCH
         shrink(c)
         t = train.build_trainer(c, devices=jax.devices()[:1])
-        batch = next(train.make_train_iterator(t.config, t.tokenizer))
+        batch = next(t.train_iterator())
         state = t.init_fn()
         _, metrics = t.step_fn(state, t.global_batch(batch))
         metrics = jax.device_get(metrics)
         name = t.config.loss.name
-        fields = dict(t.config.loss.get(name, {})) if name not in ('clip', 'siglip') else {}
+        fields = {k: v for k, v in t.config.loss.items() if k != 'name'}
         out[key] = {
             'config': fname + (f':{arg}' if arg else ''),
             'loss_name': name,
