@@ -26,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from alignjax import checkpoint as checkpoint_lib
+from alignjax import models
+
 FORMAT_VERSION = 1
 CONFIG_KEY = 'alignjax_model_config'
 FILE_NAMES = ('params.safetensors', 'params.msgpack')
@@ -48,14 +51,7 @@ def flatten(params: Any) -> dict[str, np.ndarray]:
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     """{'a/b/c': x} -> {'a': {'b': {'c': x}}}."""
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split('/')
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
+    return checkpoint_lib.unflatten_paths(flat)
 
 
 def _resolve_path(path: str) -> str:
@@ -83,8 +79,6 @@ def save(path: str, params: Any, model_config: Any) -> str:
     `params.safetensors`. Returns the file written. Call on one process with host-reachable
     params (e.g. `jax.device_get`, or `multihost_utils.process_allgather` on pods).
     """
-    from alignjax import models
-
     if os.path.isdir(path) or not os.path.splitext(path)[1]:
         os.makedirs(path, exist_ok=True)
         path = os.path.join(path, FILE_NAMES[0])
@@ -149,17 +143,27 @@ def load_flat(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 
 def export_checkpoint(workdir_or_checkpoints: str, out: str, step: int | None = None) -> str:
-    """Exports the parameters of a run's checkpoint (newest good step by default) to `out`."""
-    from alignjax import checkpoint as checkpoint_lib
+    """Exports the parameters of a run's checkpoint (newest good step by default) to `out`.
 
-    source = checkpoint_lib.ParamsSource(workdir_or_checkpoints, step=-1 if step is None else step)
+    `workdir_or_checkpoints`: a workdir, its `checkpoints` directory or one step directory
+    (whose step wins over `step`). An export file is re-written as it is.
+    """
+    path = workdir_or_checkpoints
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{path} does not exist.')
+    if is_export(path):
+        params, model_config = load(path)
+        return save(out, params, model_config)
+    directory, fixed = checkpoint_lib.find_checkpoint_dir(path, -1 if step is None else step)
+    if fixed is None:
+        raise FileNotFoundError(f'{path}: no committed checkpoint in {directory}.')
+    source = checkpoint_lib.SavedParams(directory, fixed)
     if source.model_config is None:
         raise ValueError(
             f'No model config found for {workdir_or_checkpoints} (neither in the checkpoint '
             f'nor in a config.json beside it).'
         )
-    flat = source.read_host()
-    return save(out, unflatten(flat), source.model_config)
+    return save(out, unflatten(source.read_host()), source.model_config)
 
 
 def main(argv=None) -> None:
