@@ -20,11 +20,13 @@ environments without safetensors. Both load into nested dicts of numpy arrays.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from typing import Any
 
 import numpy as np
+from flax import serialization
 
 from alignjax import checkpoint as checkpoint_lib
 from alignjax import models
@@ -92,14 +94,13 @@ def save(path: str, params: Any, model_config: Any) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f'{path}.tmp'
     if path.endswith('.safetensors'):
+        # safetensors: optional here (.msgpack serves environments without it).
         from safetensors.numpy import save_file
 
         meta = {CONFIG_KEY: config_json, 'alignjax_format': str(FORMAT_VERSION)}
         # np.asarray(order='C'), not ascontiguousarray: that turns 0-d (log_scale) into [1].
         save_file({k: np.asarray(v, order='C') for k, v in flat.items()}, tmp, metadata=meta)
     elif path.endswith('.msgpack'):
-        from flax import serialization
-
         blob = {'params': unflatten(flat), 'model_config': config_json, 'format': FORMAT_VERSION}
         with open(tmp, 'wb') as f:
             f.write(serialization.msgpack_serialize(blob))
@@ -119,6 +120,7 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     path = _resolve_path(path)
     if path.endswith('.safetensors'):
+        # safetensors: optional here (.msgpack serves environments without it).
         from safetensors import safe_open
 
         with safe_open(path, framework='numpy') as f:
@@ -128,8 +130,6 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
             raise ValueError(f'{path} has no {CONFIG_KEY} metadata: not an alignjax export.')
         return unflatten(flat), json.loads(meta[CONFIG_KEY])
     if path.endswith('.msgpack'):
-        from flax import serialization
-
         with open(path, 'rb') as f:
             blob = serialization.msgpack_restore(f.read())
         return blob['params'], json.loads(blob['model_config'])
@@ -167,8 +167,6 @@ def export_checkpoint(workdir_or_checkpoints: str, out: str, step: int | None = 
 
 
 def main(argv=None) -> None:
-    import argparse
-
     p = argparse.ArgumentParser(description='Export a run checkpoint as one portable file.')
     p.add_argument('--workdir', required=True, help='run workdir or its checkpoints directory')
     p.add_argument('--step', type=int, default=None, help='step (default: newest good one)')
