@@ -10,4 +10,18 @@ Where things are:
 
 __version__ = '0.1.0'
 
-from alignjax.pretrained import load_pretrained  # noqa: E402,F401
+__all__ = ['__version__', 'load_pretrained']
+
+
+def __getattr__(name: str):
+    """`alignjax.load_pretrained`, imported on first access (PEP 562).
+
+    Deferred on purpose: `alignjax.pretrained` pulls in the whole converter stack
+    (`alignjax.interop`, the models, the tokenizers), which `import alignjax` or any
+    `import alignjax.<module>` must not pay for.
+    """
+    if name == 'load_pretrained':
+        from alignjax import pretrained
+
+        return pretrained.load_pretrained
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -21,8 +21,10 @@ Guarantees (tested in tests/test_checkpoint*.py):
   checkpoint can be moved back. All processes agree on the step they restore.
 * A checkpoint whose tree does not match the current config (another model) is a
   `ValueError` saying so, not "corruption": the good checkpoint stays where it is.
-* `PreemptionWatcher`: SIGTERM/SIGINT set a flag that the loop reads after each step; with
-  several processes JAX's preemption sync point makes every process save the same step.
+
+`SavedParams` reads only the parameters of one committed step (for `alignjax.init_from` and
+`alignjax.export`). Preemption (SIGTERM/SIGINT) is `alignjax.preemption`; starting from
+another run's parameters is `alignjax.init_from`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -56,7 +57,8 @@ def _warn(msg: str) -> None:
         log.warning(msg)
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
+    """'/'-joined keys of a `jax.tree_util` key path: 'params/img/embedding/kernel'."""
     parts = []
     for k in path:
         for attr in ('key', 'name', 'idx'):
@@ -71,11 +73,14 @@ def _path_str(path) -> str:
 def flat_by_path(tree: Any) -> dict[str, Any]:
     """{'params/img/embedding/kernel': leaf, ...} for any pytree."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {_path_str(p): x for p, x in flat}
+    return {path_str(p): x for p, x in flat}
 
 
-def _all_processes_agree(ok: bool) -> bool:
-    """True only if `ok` on every process (one tiny all-gather; free with one process)."""
+def all_processes_agree(ok: bool) -> bool:
+    """True only if `ok` on every process (one tiny all-gather; free with one process).
+
+    Call on every process: it is a collective.
+    """
     if jax.process_count() == 1:
         return ok
     from jax.experimental import multihost_utils
@@ -306,7 +311,7 @@ class Checkpointer:
                     jax.block_until_ready(state)
                 except Exception as e:  # noqa: BLE001 -- a truncated or missing array file, ...
                     reason = f'its arrays failed to load ({type(e).__name__}: {_short(e)})'
-            if not _all_processes_agree(reason is None):
+            if not all_processes_agree(reason is None):
                 self._quarantine(str(step), reason or 'failed to load on another process')
                 continue
             if data_iterator is not None:  # Mismatches here are config errors: raise.
@@ -369,129 +374,76 @@ def is_finite_tree(tree: Any) -> bool:
 
 
 # --------------------------------------------------------------------------------------
-# Preemption.
+# The parameters of one committed step, without the rest of the train state.
 
 
-class PreemptionWatcher:
-    """SIGTERM / SIGINT -> finish the step, save, exit 0, on a step all processes agree on.
+def find_checkpoint_dir(path: str, step: int | None = -1) -> tuple[str, int | None]:
+    """(checkpoints directory, step) for a workdir, its checkpoints dir or one step dir.
 
-    One process: the handlers only set a flag; `reached(step)` reads it after each step.
-    Several processes: JAX's preemption service (started by `jax.distributed.initialize`)
-    already listens for SIGTERM and propagates the notice to every process; its
-    `reached_preemption_sync_point(step)` turns True on all of them at the same step (the
-    max step over processes + 1). SIGINT is forwarded to it as a SIGTERM. Without the
-    service (`jax_enable_preemption_service=False`), the flags are all-gathered every
-    `sync_every` steps (a tiny collective).
+    The step: a step directory's own (`<workdir>/checkpoints/<step>`), else `step` when it
+    is >= 0, else the newest committed step (`newest_committed_step`); None when there is
+    none.
     """
-
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT), sync_every: int = 1):
-        self.signal_name: str | None = None
-        self._flag = False
-        self._previous: dict[int, Any] = {}
-        self._sync_every = max(int(sync_every), 1)
-        self._service = None
-        if jax.process_count() > 1:
-            from jax._src import distributed
-
-            self._service = distributed.global_state.preemption_sync_manager
-        for sig in signals:
-            if self._service is not None and sig == signal.SIGTERM:
-                continue  # JAX's notifier owns SIGTERM.
-            handler = self._forward if self._service is not None else self._set
-            try:
-                self._previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # Not the main thread (e.g. a notebook worker): no handler.
-                log.info('Not in the main thread: no handler for %s.', signal.Signals(sig).name)
-
-    def _set(self, signum, frame) -> None:  # Only sets a flag: the loop acts after a step.
-        self._flag = True
-        self.signal_name = signal.Signals(signum).name
-
-    def _forward(self, signum, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    def reached(self, step: int) -> bool:
-        """Call after every step, on every process: True when all must save and stop."""
-        if self._service is not None:
-            from jax.experimental import multihost_utils
-
-            if multihost_utils.reached_preemption_sync_point(step):
-                self.signal_name = self.signal_name or 'SIGTERM'
-                return True
-            return False
-        if jax.process_count() > 1:
-            if step % self._sync_every:
-                return False
-            return not _all_processes_agree(not self._flag)
-        return self._flag
-
-    def close(self) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-        self._previous = {}
-
-
-# --------------------------------------------------------------------------------------
-# Initialising from another run (config.init_from).
-
-
-def _find_checkpoint_dir(path: str) -> tuple[str, int | None]:
-    """(checkpoints directory, step or None) for a workdir, checkpoints dir or step dir."""
     path = os.path.abspath(path)
+    directory, fixed = path, None
     if os.path.isdir(os.path.join(path, 'checkpoints')):
-        return os.path.join(path, 'checkpoints'), None
-    name = os.path.basename(path)
-    if name.isdigit() and os.path.isdir(os.path.join(path, 'state')):
-        return os.path.dirname(path), int(name)
-    return path, None
+        directory = os.path.join(path, 'checkpoints')
+    elif os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, 'state')):
+        directory, fixed = os.path.dirname(path), int(os.path.basename(path))
+    if fixed is None and step is not None and step >= 0:
+        fixed = step
+    if fixed is None:
+        fixed = newest_committed_step(directory)
+    return directory, fixed
 
 
-class ParamsSource:
-    """The parameters of another run, read lazily: an alignjax checkpoint or an export.
+def newest_committed_step(directory: str) -> int | None:
+    """The newest step of `directory` that passes `checkpoint_problem`, or None.
 
-    `path`: a workdir, its `checkpoints` directory, one step directory, an export file
-    (`.safetensors` / `.msgpack`) or a directory holding one. `step` (Orbax only): -1 for
-    the newest committed step. `shapes` maps '/'-joined parameter paths to (shape, dtype);
-    `model_config` is the source's model config when known.
+    File checks only (no arrays are read), and nothing is quarantined: for reading another
+    run's parameters, not for resuming (that is `Checkpointer.restore_latest`).
+    """
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    steps = sorted((int(n) for n in names if n.isdigit()), reverse=True)
+    return next((s for s in steps if checkpoint_problem(directory, s) is None), None)
+
+
+def unflatten_paths(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'a/b/c': x} -> {'a': {'b': {'c': x}}}: the inverse of `flat_by_path` for dicts."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split('/')
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+class SavedParams:
+    """The `params` of step `step` in checkpoints `directory`, read lazily.
+
+    Attributes:
+      directory, step: where the checkpoint is (`directory/step`).
+      shapes: {'/'-joined parameter path: (shape, numpy dtype)}, from the Orbax metadata.
+      model_config: the `model` part of the config saved with the step (or of `config.json`
+        in the workdir beside `directory`), None when neither exists.
+      description: 'checkpoint <directory>/<step>', for messages.
     """
 
-    def __init__(self, path: str, step: int = -1):
-        from alignjax import export
-
-        self.path = path
-        self.model_config: dict[str, Any] | None = None
-        if not os.path.exists(path):
-            raise FileNotFoundError(f'init_from.path {path} does not exist.')
-        if export.is_export(path):
-            self._flat, self.model_config = export.load_flat(path)
-            self.shapes = {k: (tuple(v.shape), v.dtype) for k, v in self._flat.items()}
-            self.description = f'export {path}'
-            return
-        directory, fixed = _find_checkpoint_dir(path)
-        if fixed is None and step is not None and step >= 0:
-            fixed = step
-        if fixed is None:
-            names = os.listdir(directory) if os.path.isdir(directory) else []
-            steps = sorted((int(n) for n in names if n.isdigit()), reverse=True)
-            good = [s for s in steps if checkpoint_problem(directory, s) is None]
-            if not good:
-                raise FileNotFoundError(
-                    f'init_from.path {path}: no committed checkpoint in {directory} and no '
-                    f'export file ({", ".join(export.FILE_NAMES)}).'
-                )
-            fixed = good[0]
-        self.step = fixed
-        self._state_dir = os.path.join(directory, str(fixed), 'state')
-        meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self._state_dir))
+    def __init__(self, directory: str, step: int):
+        self.directory, self.step = directory, int(step)
+        self.state_dir = os.path.join(directory, str(step), 'state')
+        meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.state_dir))
         flat = flat_by_path(getattr(meta, 'tree', meta))
         self.shapes = {
             k[len('params/') :]: (tuple(v.shape), np.dtype(v.dtype))
             for k, v in flat.items()
             if k.startswith('params/')
         }
-        self.description = f'checkpoint {os.path.join(directory, str(fixed))}'
-        config_file = os.path.join(directory, str(fixed), 'config', 'metadata')
+        self.description = f'checkpoint {os.path.join(directory, str(step))}'
+        self.model_config: dict[str, Any] | None = None
+        config_file = os.path.join(directory, str(step), 'config', 'metadata')
         workdir_config = os.path.join(os.path.dirname(directory), 'config.json')
         for candidate in (config_file, workdir_config):
             if os.path.isfile(candidate):
@@ -500,42 +452,31 @@ class ParamsSource:
                 break
 
     def read(self, targets: dict[str, tuple[str, jax.ShapeDtypeStruct]]) -> dict[str, jax.Array]:
-        """{dst: (src, abstract dst with sharding)} -> {dst: array with that sharding/dtype}."""
-        from alignjax import export
+        """{dst: (src, abstract dst with sharding)} -> {dst: array with that sharding/dtype}.
 
-        out: dict[str, jax.Array] = {}
-        if hasattr(self, '_flat'):
-            for dst, (src, abstract) in targets.items():
-                host = np.asarray(self._flat[src], abstract.dtype)
-                out[dst] = jax.make_array_from_callback(
-                    host.shape, abstract.sharding, lambda idx, h=host: h[idx]
-                )
-            return out
-        # Orbax: restore only the needed source leaves, straight into the target sharding.
+        Only the needed source leaves are restored, straight into the target sharding; a
+        source read by several targets is restored once and copied for the others.
+        """
         first: dict[str, str] = {}
         for dst, (src, _) in targets.items():
             first.setdefault(src, dst)
-        item = export.unflatten({src: targets[dst][1] for src, dst in first.items()})
+        item = unflatten_paths({src: targets[dst][1] for src, dst in first.items()})
         args = ocp.args.PyTreeRestore(
             item={'params': item},
             restore_args={'params': ocp.checkpoint_utils.construct_restore_args(item)},
             partial_restore=True,
         )
         with ocp.PyTreeCheckpointer() as reader:
-            restored = flat_by_path(reader.restore(self._state_dir, args=args)['params'])
+            restored = flat_by_path(reader.restore(self.state_dir, args=args)['params'])
+        out: dict[str, jax.Array] = {}
         for dst, (src, abstract) in targets.items():
             x = restored[src]
             out[dst] = x if first[src] == dst else jax.device_put(x, abstract.sharding)
         return out
 
     def read_host(self) -> dict[str, np.ndarray]:
-        """Every parameter as host numpy arrays (for exporting)."""
-        if hasattr(self, '_flat'):
-            return dict(self._flat)
-        targets = {k: (k, jax.ShapeDtypeStruct(s, d)) for k, (s, d) in self.shapes.items()}
-        from alignjax import export
-
-        item = export.unflatten({k: v for k, (_, v) in targets.items()})
+        """Every parameter as host numpy arrays, {'/'-joined path: array}."""
+        item = unflatten_paths({k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in self.shapes.items()})
         args = ocp.args.PyTreeRestore(
             item={'params': item},
             restore_args={
@@ -546,130 +487,4 @@ class ParamsSource:
             partial_restore=True,
         )
         with ocp.PyTreeCheckpointer() as reader:
-            return flat_by_path(reader.restore(self._state_dir, args=args)['params'])
-
-
-def parse_mapping(mapping: Any) -> list[tuple[str, str]]:
-    """('img=img', 'txt=text') -> [('img', 'img'), ('txt', 'text')]; () -> [('', '')]."""
-    rules = []
-    for entry in tuple(mapping or ()) or ('=',):
-        dst, sep, src = str(entry).partition('=')
-        src = src if sep else dst
-        rules.append((dst.strip().strip('/'), src.strip().strip('/')))
-    return rules
-
-
-def _under(path: str, prefix: str) -> str | None:
-    """The rest of `path` below `prefix` ('' for the prefix itself), or None."""
-    if not prefix:
-        return path
-    if path == prefix:
-        return ''
-    if path.startswith(prefix + '/'):
-        return path[len(prefix) + 1 :]
-    return None
-
-
-def _join(prefix: str, rest: str) -> str:
-    return '/'.join(p for p in (prefix, rest) if p)
-
-
-def match_params(
-    dst_shapes: dict[str, tuple[int, ...]],
-    src_shapes: dict[str, tuple[int, ...]],
-    mapping: Any,
-    where: str = 'init_from',
-) -> dict[str, str]:
-    """{dst path: src path} under `mapping`; raises ValueError on shape mismatches.
-
-    Later rules win for a parameter matched by several. A rule that matches no parameter of
-    the config or of the source is an error (it is certainly a typo).
-    """
-    pairs: dict[str, str] = {}
-    for dst_prefix, src_prefix in parse_mapping(mapping):
-        hits = 0
-        for dst in dst_shapes:
-            rest = _under(dst, dst_prefix)
-            if rest is None:
-                continue
-            src = _join(src_prefix, rest)
-            if src in src_shapes:
-                pairs[dst] = src
-                hits += 1
-        if not hits:
-            raise ValueError(
-                f"{where}.mapping entry '{dst_prefix}={src_prefix}' loads nothing: no "
-                f"parameter '{dst_prefix or '*'}/...' of this config has a counterpart "
-                f"'{src_prefix or '*'}/...' in the source. Source parameters look like "
-                f'{sorted(src_shapes)[:4]}; this config\'s like {sorted(dst_shapes)[:4]}.'
-            )
-    bad = [(d, s) for d, s in pairs.items() if tuple(dst_shapes[d]) != tuple(src_shapes[s])]
-    if bad:
-        shown = '; '.join(
-            f'{d} {tuple(dst_shapes[d])} <- {s} {tuple(src_shapes[s])}' for d, s in bad[:6]
-        )
-        raise ValueError(
-            f'{where}: shape mismatch for {len(bad)} parameter(s): {shown}. The source was '
-            f'built with another model config: match config.model to it, or restrict '
-            f'{where}.mapping to the subtrees that agree (e.g. ("img=img",)).'
-        )
-    return pairs
-
-
-def _summarize(paths: list[str], sizes: dict[str, int]) -> str:
-    """'img (12 tensors, 0.10M values), txt/head/kernel (1 tensor, ...)' grouped by tower."""
-    groups: dict[str, list[str]] = {}
-    for p in paths:
-        groups.setdefault(p.split('/')[0], []).append(p)
-    parts = []
-    for g, ps in sorted(groups.items()):
-        n = sum(sizes[p] for p in ps)
-        label = ps[0] if len(ps) == 1 else g
-        parts.append(f'{label} ({len(ps)} tensor{"s" * (len(ps) > 1)}, {n / 1e6:.3g}M values)')
-    return ', '.join(parts) or 'nothing'
-
-
-def init_params_from(
-    init_from: Any, state: Any, abstract_params: Any, freeze: Any = ()
-) -> tuple[Any, dict[str, Any]]:
-    """Replaces parameters of a freshly initialised `state` by those of another run.
-
-    `init_from`: `config.init_from` (path, mapping, step). `abstract_params`: the target
-    ShapeDtypeStructs with shardings (`trainer.abstract_state.params`). Returns the new state
-    and a report {'source', 'loaded': {dst: src}, 'fresh': [...], 'frozen': [...],
-    'unused_source': [...], 'text': a few lines for people}. The optimizer state is kept:
-    AdamW's initial state does not depend on the parameter values.
-    """
-    from alignjax import optim
-
-    source = ParamsSource(init_from.path, init_from.get('step', -1))
-    dst_abstract = flat_by_path(abstract_params)
-    dst_shapes = {k: tuple(v.shape) for k, v in dst_abstract.items()}
-    src_shapes = {k: s for k, (s, _) in source.shapes.items()}
-    pairs = match_params(dst_shapes, src_shapes, init_from.get('mapping', ()))
-    loaded = source.read({d: (s, dst_abstract[d]) for d, s in pairs.items()})
-
-    def replace(path, x):
-        return loaded.get(_path_str(path), x)
-
-    params = jax.tree_util.tree_map_with_path(replace, state.params)
-    frozen_tree = optim.frozen_mask(abstract_params, tuple(freeze))
-    frozen = sorted(k for k, f in flat_by_path(frozen_tree).items() if f)
-    fresh = sorted(set(dst_shapes) - set(pairs))
-    sizes = {k: int(np.prod(s)) for k, s in dst_shapes.items()}
-    report = {
-        'source': source.description,
-        'loaded': dict(sorted(pairs.items())),
-        'fresh': fresh,
-        'frozen': frozen,
-        'unused_source': sorted(set(src_shapes) - set(pairs.values())),
-    }
-    report['text'] = '\n'.join(
-        [
-            f'init_from {source.description}:',
-            f'  loaded: {_summarize(sorted(pairs), sizes)}',
-            f'  freshly initialised: {_summarize(fresh, sizes)}',
-            f'  frozen (optim.freeze): {_summarize(frozen, sizes)}',
-        ]
-    )
-    return state.replace(params=params), report
+            return flat_by_path(reader.restore(self.state_dir, args=args)['params'])

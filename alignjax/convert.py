@@ -34,7 +34,7 @@ def run(
 ) -> str:
     """Converts ``path`` (format ``fmt``) and writes it to ``out``; returns what was written."""
     if fmt == "alignjax":
-        conv = pretrained._read_export(path)  # pylint: disable=protected-access
+        conv = pretrained.read_export(path)
     elif fmt == "open_clip" or (fmt == "openai" and model_name):
         conv = interop.from_open_clip(path, model_name=model_name, bpe_path=tokenizer_path or "")
     elif fmt == "openai":

@@ -20,11 +20,16 @@ environments without safetensors. Both load into nested dicts of numpy arrays.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from typing import Any
 
 import numpy as np
+from flax import serialization
+
+from alignjax import checkpoint as checkpoint_lib
+from alignjax import models
 
 FORMAT_VERSION = 1
 CONFIG_KEY = 'alignjax_model_config'
@@ -48,14 +53,7 @@ def flatten(params: Any) -> dict[str, np.ndarray]:
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     """{'a/b/c': x} -> {'a': {'b': {'c': x}}}."""
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split('/')
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
+    return checkpoint_lib.unflatten_paths(flat)
 
 
 def _resolve_path(path: str) -> str:
@@ -83,8 +81,6 @@ def save(path: str, params: Any, model_config: Any) -> str:
     `params.safetensors`. Returns the file written. Call on one process with host-reachable
     params (e.g. `jax.device_get`, or `multihost_utils.process_allgather` on pods).
     """
-    from alignjax import models
-
     if os.path.isdir(path) or not os.path.splitext(path)[1]:
         os.makedirs(path, exist_ok=True)
         path = os.path.join(path, FILE_NAMES[0])
@@ -98,14 +94,13 @@ def save(path: str, params: Any, model_config: Any) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f'{path}.tmp'
     if path.endswith('.safetensors'):
+        # safetensors: optional here (.msgpack serves environments without it).
         from safetensors.numpy import save_file
 
         meta = {CONFIG_KEY: config_json, 'alignjax_format': str(FORMAT_VERSION)}
         # np.asarray(order='C'), not ascontiguousarray: that turns 0-d (log_scale) into [1].
         save_file({k: np.asarray(v, order='C') for k, v in flat.items()}, tmp, metadata=meta)
     elif path.endswith('.msgpack'):
-        from flax import serialization
-
         blob = {'params': unflatten(flat), 'model_config': config_json, 'format': FORMAT_VERSION}
         with open(tmp, 'wb') as f:
             f.write(serialization.msgpack_serialize(blob))
@@ -125,6 +120,7 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     path = _resolve_path(path)
     if path.endswith('.safetensors'):
+        # safetensors: optional here (.msgpack serves environments without it).
         from safetensors import safe_open
 
         with safe_open(path, framework='numpy') as f:
@@ -134,8 +130,6 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
             raise ValueError(f'{path} has no {CONFIG_KEY} metadata: not an alignjax export.')
         return unflatten(flat), json.loads(meta[CONFIG_KEY])
     if path.endswith('.msgpack'):
-        from flax import serialization
-
         with open(path, 'rb') as f:
             blob = serialization.msgpack_restore(f.read())
         return blob['params'], json.loads(blob['model_config'])
@@ -149,22 +143,30 @@ def load_flat(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 
 def export_checkpoint(workdir_or_checkpoints: str, out: str, step: int | None = None) -> str:
-    """Exports the parameters of a run's checkpoint (newest good step by default) to `out`."""
-    from alignjax import checkpoint as checkpoint_lib
+    """Exports the parameters of a run's checkpoint (newest good step by default) to `out`.
 
-    source = checkpoint_lib.ParamsSource(workdir_or_checkpoints, step=-1 if step is None else step)
+    `workdir_or_checkpoints`: a workdir, its `checkpoints` directory or one step directory
+    (whose step wins over `step`). An export file is re-written as it is.
+    """
+    path = workdir_or_checkpoints
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{path} does not exist.')
+    if is_export(path):
+        params, model_config = load(path)
+        return save(out, params, model_config)
+    directory, fixed = checkpoint_lib.find_checkpoint_dir(path, -1 if step is None else step)
+    if fixed is None:
+        raise FileNotFoundError(f'{path}: no committed checkpoint in {directory}.')
+    source = checkpoint_lib.SavedParams(directory, fixed)
     if source.model_config is None:
         raise ValueError(
             f'No model config found for {workdir_or_checkpoints} (neither in the checkpoint '
             f'nor in a config.json beside it).'
         )
-    flat = source.read_host()
-    return save(out, unflatten(flat), source.model_config)
+    return save(out, unflatten(source.read_host()), source.model_config)
 
 
 def main(argv=None) -> None:
-    import argparse
-
     p = argparse.ArgumentParser(description='Export a run checkpoint as one portable file.')
     p.add_argument('--workdir', required=True, help='run workdir or its checkpoints directory')
     p.add_argument('--step', type=int, default=None, help='step (default: newest good one)')

@@ -13,6 +13,7 @@ any mesh), and one mesh axis is never used twice in a spec.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import math
 import os
@@ -40,11 +41,26 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+def _check_mesh_axes(mesh_config: Mapping[str, int]) -> None:
+    """Raises ValueError for a key of `mesh_config` that is not a mesh axis, naming the closest.
+
+    Same message as `alignjax.config.check_fields(mesh_config, MESH_AXES, 'mesh')`: this
+    module sits below config and must not import it.
+    """
+    valid = sorted(MESH_AXES)
+    for key in mesh_config.keys():
+        if key not in valid:
+            match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f" (did you mean '{match[0]}'?)" if match else ''
+            raise ValueError(
+                f"Unknown config field 'mesh.{key}'{hint}. "
+                f"Valid fields of 'mesh': {', '.join(valid)}."
+            )
+
+
 def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh. One size may be -1: it takes the remaining devices."""
-    from alignjax.config import check_fields
-
-    check_fields(mesh_config, MESH_AXES, 'mesh')
+    _check_mesh_axes(mesh_config)
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
     sizes = [int(mesh_config.get(a, 1)) for a in MESH_AXES]

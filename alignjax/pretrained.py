@@ -23,12 +23,23 @@ import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from PIL import Image
 
-from alignjax import interop
+from alignjax import export, interop, models
+from alignjax.data import clip_bpe, tokenizers
+from alignjax.interop import common
 from alignjax.interop.common import Converted
 
-__all__ = ["Preprocess", "Pretrained", "detect_format", "load_pretrained", "save_converted"]
+__all__ = [
+    "Preprocess",
+    "Pretrained",
+    "detect_format",
+    "load_pretrained",
+    "read_export",
+    "save_converted",
+]
 
 PREPROCESS_FILE = "preprocess.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -75,8 +86,6 @@ class Preprocess:
 
     def resize(self, image) -> np.ndarray:
         """One PIL image / uint8 HWC array -> uint8 [size, size, 3] (resized, cropped)."""
-        from PIL import Image  # pylint: disable=g-import-not-at-top
-
         if not isinstance(image, Image.Image):
             arr = np.asarray(image)
             if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
@@ -151,8 +160,6 @@ class Pretrained:
 
     @functools.cached_property
     def _encoders(self):
-        import jax  # pylint: disable=g-import-not-at-top
-
         def enc(method):
             return jax.jit(lambda p, x: self.model.apply({"params": p}, x, method=method))
 
@@ -169,8 +176,6 @@ class Pretrained:
 
 def detect_format(path: str) -> str:
     """'alignjax' | 'hf' | 'open_clip' | 'openai' | 'big_vision' from the files at ``path``."""
-    from alignjax import export  # pylint: disable=g-import-not-at-top
-
     if os.path.isdir(path):
         if export.is_export(path):
             return "alignjax"
@@ -195,8 +200,6 @@ def detect_format(path: str) -> str:
 
 
 def _build_tokenizer(cfg: dict):
-    from alignjax.data import tokenizers  # pylint: disable=g-import-not-at-top
-
     cfg = {k: v for k, v in cfg.items() if v is not None}
     try:
         if cfg.get("name") == "sentencepiece" and not cfg.get("model_path"):
@@ -211,9 +214,12 @@ def _build_tokenizer(cfg: dict):
         return MissingTokenizer(str(e))
 
 
-def _read_export(path: str) -> Converted:
-    from alignjax import export  # pylint: disable=g-import-not-at-top
+def read_export(path: str) -> Converted:
+    """An alignjax export folder/file (``save_converted``'s layout) as a :class:`Converted`.
 
+    Reads ``params.safetensors`` / ``.msgpack`` with its model config and, when present
+    beside it, ``preprocess.json`` and ``tokenizer.json`` (vocabulary paths made absolute).
+    """
     params, mc = export.load(path)
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     pp, tok = {}, {}
@@ -253,11 +259,9 @@ def load_pretrained(
       :class:`Pretrained` with ``.model``, ``.params``, ``.preprocess``, ``.tokenizer``,
       ``.config``.
     """
-    from alignjax import models  # pylint: disable=g-import-not-at-top
-
     fmt = format or detect_format(path)
     if fmt == "alignjax":
-        conv = _read_export(path)
+        conv = read_export(path)
     elif fmt == "open_clip" or fmt == "openai" and model_name is not None:
         conv = interop.from_open_clip(path, model_name=model_name, bpe_path=tokenizer_path or "")
     elif fmt == "openai":
@@ -291,8 +295,6 @@ def load_pretrained(
 
 def common_layout(params, scan: bool):
     """Params in the layer layout the model expects (stacked for ``scan=True``)."""
-    from alignjax.interop import common  # pylint: disable=g-import-not-at-top
-
     return common.stack_scan(common.unstack_scan(params)) if scan else common.unstack_scan(params)
 
 
@@ -302,16 +304,12 @@ def save_converted(conv: Converted, out_dir: str) -> str:
     ``alignjax.export.save``), ``preprocess.json``, ``tokenizer.json`` and copies of the
     tokenizer's vocabulary files (paths in ``tokenizer.json`` are relative to ``out_dir``).
     Returns the params file written."""
-    from alignjax import export  # pylint: disable=g-import-not-at-top
-
     os.makedirs(out_dir, exist_ok=True)
     written = export.save(out_dir, conv.params, conv.model_config)
     with open(os.path.join(out_dir, PREPROCESS_FILE), "w") as f:
         json.dump(Preprocess(**conv.preprocess).to_dict(), f, indent=2)
     tok = dict(conv.tokenizer)
     if tok.get("name") == "clip_bpe" and not tok.get("bpe_path"):
-        from alignjax.data import clip_bpe  # pylint: disable=g-import-not-at-top
-
         tok["bpe_path"] = clip_bpe.find_clip_bpe() or ""
     for k in ("bpe_path", "vocab_path", "model_path"):
         src = tok.get(k)

@@ -26,6 +26,7 @@ import ml_collections
 import optax
 
 from alignjax import checkpoint as checkpoint_lib
+from alignjax import init_from as init_from_lib
 from alignjax import models, objectives, optim, parallel
 
 ConfigDict = ml_collections.ConfigDict
@@ -151,9 +152,7 @@ def _extra_model(spec: objectives.WeightSet, model: nn.Module) -> nn.Module:
 
 def init_from_model_config(init_from: Mapping[str, Any]):
     """The model config stored with the run or export at `init_from['path']`."""
-    from alignjax.checkpoint import ParamsSource  # noqa: PLC0415  (moves in the split)
-
-    source = ParamsSource(init_from['path'], init_from.get('step', -1))
+    source = init_from_lib.ParamsSource(init_from['path'], init_from.get('step', -1))
     if source.model_config is None:
         raise ValueError(
             f"{init_from['path']} stores no model config: give WeightSet(model=<config>)."
@@ -264,8 +263,6 @@ def init_weight_sets(state: TrainState, build: StateBuild) -> tuple[TrainState, 
     `init='params'` sets become copies of the (possibly loaded) parameters; `init='init_from'`
     sets are loaded from their own source. Returns the state and one report line per set.
     """
-    from alignjax.checkpoint import init_params_from  # noqa: PLC0415  (moves in the split)
-
     weights, lines = dict(state.weights), []
     for name, e in build.extra.items():
         if e.spec.init == 'params':
@@ -276,10 +273,8 @@ def init_weight_sets(state: TrainState, build: StateBuild) -> tuple[TrainState, 
             lines.append(f'weights {name!r} ({e.spec.kind}): a copy of the initial parameters')
         else:
             abstract = build.abstract_state.weights[name]
-            holder = state.replace(params=weights[name])
-            loaded, report = init_params_from(
-                ConfigDict(dict(e.spec.init_from)), holder, abstract, ()
+            weights[name], report = init_from_lib.load_params(
+                dict(e.spec.init_from), weights[name], abstract
             )
-            weights[name] = loaded.params
             lines.append(f'weights {name!r} ({e.spec.kind}): ' + report['text'])
     return state.replace(weights=weights), lines

@@ -36,7 +36,8 @@ from alignjax import checkpoint as checkpoint_lib
 from alignjax import config as config_lib
 from alignjax import data as data_lib
 from alignjax import evaluate as evaluate_lib
-from alignjax import objectives, optim, parallel
+from alignjax import init_from as init_from_lib
+from alignjax import objectives, optim, parallel, preemption
 from alignjax import state as state_lib
 from alignjax import workdir as workdir_lib
 from alignjax.state import TrainState
@@ -395,7 +396,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
         n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
         _log(f'Initialised {n_params / 1e6:.2f}M parameters on mesh {dict(mesh.shape)}')
         if config.init_from.path:
-            state, report = checkpoint_lib.init_params_from(
+            state, report = init_from_lib.init_params_from(
                 config.init_from, state, t.abstract_state.params, config.optim.freeze
             )
             _log(report['text'])
@@ -439,7 +440,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
             {'checkpoint/blocking_s': ckpt.last_blocking_s, 'checkpoint/wait_s': ckpt.last_wait_s},
         )
 
-    watcher = checkpoint_lib.PreemptionWatcher()
+    watcher = preemption.PreemptionWatcher()
     pending = None  # (step, metrics) of the previous step, checked one step late.
     preempted = None
     eval_results: dict[str, float] = {}

@@ -199,9 +199,9 @@ def losses(workdir: str) -> dict[int, float]:
 
 
 def final_params(workdir: str) -> dict:
-    from alignjax import checkpoint as checkpoint_lib
+    from alignjax import init_from as init_from_lib
 
-    source = checkpoint_lib.ParamsSource(workdir)
+    source = init_from_lib.ParamsSource(workdir)
     return {'step': source.step, 'params': source.read_host()}
 
 

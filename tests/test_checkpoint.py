@@ -22,7 +22,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alignjax import checkpoint as ckpt_lib
-from alignjax import export, models, train
+from alignjax import export, models, preemption, train
+from alignjax import init_from as init_from_lib
 from alignjax import workdir as workdir_lib
 
 # --------------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ def test_other_model_is_a_config_error_not_corruption(tmp_path):
 
 def test_preemption_watcher_sets_flag_and_restores_handlers():
     before = signal.getsignal(signal.SIGTERM)
-    watcher = ckpt_lib.PreemptionWatcher()
+    watcher = preemption.PreemptionWatcher()
     try:
         assert not watcher.reached(1)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -252,7 +253,7 @@ def test_restore_on_another_mesh_reshards_and_continues(tmp_path):
     assert report['fresh'] == [] and len(report['loaded']) == len(export.flatten(params))
     reference = _losses(src)
     ck = ckpt_lib.Checkpointer(str(src / 'checkpoints'))
-    saved = ckpt_lib.ParamsSource(str(src / 'checkpoints' / '4')).read_host()
+    saved = init_from_lib.ParamsSource(str(src / 'checkpoints' / '4')).read_host()
     ck.close()
     for name, n_devices, mesh in [
         ('4dev', 4, {'data': -1, 'fsdp': 1, 'tensor': 1}),
@@ -325,16 +326,16 @@ def test_export_round_trip_rebuilds_the_model(tmp_path, ext):
 def test_match_params_mapping_and_errors():
     dst = {'img/a': (2,), 'img/b': (3,), 'txt/a': (2,)}
     src = {'visual/a': (2,), 'visual/b': (3,), 'txt/a': (2,)}
-    assert ckpt_lib.match_params(dst, src, ('img=visual',)) == {
+    assert init_from_lib.match_params(dst, src, ('img=visual',)) == {
         'img/a': 'visual/a',
         'img/b': 'visual/b',
     }
-    assert ckpt_lib.match_params(dst, src, ()) == {'txt/a': 'txt/a'}
-    assert ckpt_lib.match_params(dst, src, ('txt',)) == {'txt/a': 'txt/a'}
+    assert init_from_lib.match_params(dst, src, ()) == {'txt/a': 'txt/a'}
+    assert init_from_lib.match_params(dst, src, ('txt',)) == {'txt/a': 'txt/a'}
     with pytest.raises(ValueError, match="'img=image' loads nothing"):
-        ckpt_lib.match_params(dst, src, ('img=image',))
+        init_from_lib.match_params(dst, src, ('img=image',))
     with pytest.raises(ValueError, match=r'shape mismatch .*img/b \(3,\) <- visual/b \(4,\)'):
-        ckpt_lib.match_params(dst, {**src, 'visual/b': (4,)}, ('img=visual',))
+        init_from_lib.match_params(dst, {**src, 'visual/b': (4,)}, ('img=visual',))
 
 
 @pytest.fixture(scope='module')
@@ -350,7 +351,7 @@ def test_init_from_export_loads_only_the_image_tower(tmp_path, trainer):
     fresh = trainer.init_fn()
     fresh_host = ckpt_lib.flat_by_path(jax.device_get(fresh.params))
     init_from = train.ConfigDict({'path': path, 'mapping': ('img',), 'step': -1})
-    state, report = ckpt_lib.init_params_from(
+    state, report = init_from_lib.init_params_from(
         init_from, trainer.init_fn(), trainer.abstract_state.params, ('img/.*',)
     )
     got = ckpt_lib.flat_by_path(state.params)
@@ -373,7 +374,7 @@ def test_init_from_checkpoint_directory_loads_everything(tmp_path, trainer):
     ck.save(5, source, None, trainer.config)
     ck.close()
     init_from = train.ConfigDict({'path': str(tmp_path / 'run'), 'mapping': (), 'step': -1})
-    state, report = ckpt_lib.init_params_from(
+    state, report = init_from_lib.init_params_from(
         init_from, trainer.init_fn(), trainer.abstract_state.params
     )
     assert report['fresh'] == [] and report['source'].endswith(os.path.join('checkpoints', '5'))
@@ -392,7 +393,7 @@ def test_init_from_shape_mismatch_is_a_clear_error(tmp_path, trainer):
     path = export.save(str(tmp_path / 'narrow.safetensors'), source, c.model)
     init_from = train.ConfigDict({'path': path, 'mapping': ('img',), 'step': -1})
     with pytest.raises(ValueError, match=r'init_from: shape mismatch .*img/.*\(32,\) <- img/'):
-        ckpt_lib.init_params_from(init_from, trainer.init_fn(), trainer.abstract_state.params)
+        init_from_lib.init_params_from(init_from, trainer.init_fn(), trainer.abstract_state.params)
 
 
 # --------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 
 import regex
 
-from alignjax.data.tokenizers import Tokenizer
+from alignjax.data.tokenizer_base import Tokenizer
 
 __all__ = ["CLIPBPETokenizer", "bytes_to_unicode", "find_clip_bpe", "write_hf_files"]
 
@@ -113,6 +113,7 @@ def find_clip_bpe(path: str | None = None) -> str | None:
 
 def _basic_clean(text: str, use_ftfy: bool) -> str:
     if use_ftfy:
+        # ftfy: optional (the `clip` extra); `use_ftfy` is False when it is not installed.
         import ftfy  # pylint: disable=g-import-not-at-top
 
         text = ftfy.fix_text(text)

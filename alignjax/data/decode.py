@@ -39,6 +39,7 @@ __all__ = [
     "clean_caption",
     "decode_image",
     "read_bytes",
+    "skip_error",
 ]
 
 #: Reasons an example is skipped, in the order of the per-example skip-count vector.
@@ -68,6 +69,24 @@ class SkipExample(Exception):
 
 def reason_index(reason: str) -> int:
     return _REASON_INDEX[reason]
+
+
+def skip_error(source, attempts: int, counts: np.ndarray, last: Exception | None) -> RuntimeError:
+    """The error for a source that yields nothing usable: ``attempts`` examples in a row
+    were skipped.
+
+    Args:
+      source: the source (its repr names it in the message).
+      attempts: how many examples in a row were tried.
+      counts: int [len(SKIP_REASONS)] skips by reason over those attempts.
+      last: the last exception caught (``SkipExample`` or another), or None.
+    """
+    reasons = {r: int(c) for r, c in zip(SKIP_REASONS, counts) if c}
+    return RuntimeError(
+        f"Data source {source!r} yields nothing usable: {attempts} examples in a row were "
+        f"skipped (reasons: {reasons}; last: {last}). Check the spec's paths, image and "
+        f"caption columns/fields, and that the files are readable."
+    )
 
 
 def read_bytes(path: str) -> bytes:

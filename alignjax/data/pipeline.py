@@ -225,15 +225,6 @@ class ExampleProcessor:
         return keep
 
 
-def _skip_error(source, attempts: int, counts: np.ndarray, last: Exception | None) -> RuntimeError:
-    reasons = {r: int(c) for r, c in zip(D.SKIP_REASONS, counts) if c}
-    return RuntimeError(
-        f"Data source {source!r} yields nothing usable: {attempts} examples in a row were "
-        f"skipped (reasons: {reasons}; last: {last}). Check the spec's paths, image and "
-        f"caption columns/fields, and that the files are readable."
-    )
-
-
 def _mix(*values: int) -> int:
     """A 63-bit hash of integers (splitmix64 steps), for replacement indices."""
     h = 0x9E3779B97F4A7C15
@@ -304,7 +295,7 @@ class _LoadAndProcess(grain.transforms.MapWithIndex):
                 out[_VALID_KEY], out[_SKIP_KEY] = np.asarray(False), counts
                 return out
         else:
-            raise _skip_error(self.source, attempts, counts, last)
+            raise D.skip_error(self.source, attempts, counts, last)
         out = self.processor.finish(ex, (pos,))
         out[_SKIP_KEY] = counts
         if self.max_attempts == 0:

@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from alignjax.data import synthetic
+from alignjax.data import csv_source, mixture, synthetic, tfds_source, wds
 
 __all__ = ["SOURCES", "get_source", "parse_spec", "register_source"]
 
@@ -99,8 +99,6 @@ def _synthetic(name: str, split: str, **kwargs):
 
 
 def _mixture(body: str, split: str, **kwargs):
-    from alignjax.data import mixture  # pylint: disable=g-import-not-at-top
-
     block = kwargs.pop("block", 1000)
     parts = mixture.parse_mixture(body)
     comps = [get_source(spec, split, **kwargs) for _, spec in parts]
@@ -117,27 +115,19 @@ def _mixture(body: str, split: str, **kwargs):
 
 @register_source("csv")
 def _csv(name: str, split: str, **kwargs):
-    from alignjax.data import csv_source  # pylint: disable=g-import-not-at-top
-
     return csv_source.TableSource(name, split, fmt="csv", **kwargs)
 
 
 @register_source("jsonl")
 def _jsonl(name: str, split: str, **kwargs):
-    from alignjax.data import csv_source  # pylint: disable=g-import-not-at-top
-
     return csv_source.TableSource(name, split, fmt="jsonl", **kwargs)
 
 
 @register_source("tfds")
 def _tfds(name: str, split: str, **kwargs):
-    from alignjax.data import tfds_source  # pylint: disable=g-import-not-at-top
-
     return tfds_source.TfdsSource(name, split, **kwargs)
 
 
 @register_source("wds")
 def _wds(name: str, split: str, **kwargs):
-    from alignjax.data import wds  # pylint: disable=g-import-not-at-top
-
     return wds.WdsSource(name, split, **kwargs)

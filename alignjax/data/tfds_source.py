@@ -87,6 +87,7 @@ class TfdsSource:
         **kwargs,
     ):
         del seed
+        # tensorflow_datasets: optional (the `data` extra) and slow to import.
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
         self.preprocess = T.Preprocess.from_kwargs(kwargs)
@@ -193,6 +194,7 @@ def list_image_text_folder(folder: str) -> list[dict[str, Any]]:
 
 def _builder_class():
     """Defines the TFDS builder lazily (importing tensorflow_datasets takes seconds)."""
+    # tensorflow_datasets: optional (the `data` extra) and slow to import.
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     class ImageTextFolderBuilder(tfds.core.GeneratorBasedBuilder):
@@ -252,6 +254,7 @@ def _builder_class():
 def ImageTextFolder(*, name: str, rows_by_split, classnames=None, data_dir=None):
     """A TFDS builder named ``name`` over local rows (see ``_builder_class``); call
     ``.download_and_prepare()`` on it. Then ``tfds:NAME?data_dir=DATA_DIR`` reads it."""
+    # tensorflow_datasets: optional (the `data` extra) and slow to import.
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     base = _builder_class()

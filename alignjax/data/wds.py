@@ -378,9 +378,7 @@ class WdsSource:
                         counts[D.reason_index("error")] += 1
                         last = e
                 else:
-                    from alignjax.data.pipeline import _skip_error  # pylint: disable=g-import-not-at-top
-
-                    raise _skip_error(self, min(size, max_attempts), counts, last)
+                    raise D.skip_error(self, min(size, max_attempts), counts, last)
                 yield (stream, n), ex, counts
             window += 1
 

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import struct
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,6 +119,7 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata=Non
 def import_torch(what: str):
     """Imports torch or fails with a message that says what needs it and how to install it."""
     try:
+        # torch: optional (the `torch` extra) and slow to import; only .pt/.bin need it.
         import torch  # pylint: disable=g-import-not-at-top
     except ImportError as e:
         raise ImportError(
@@ -155,8 +157,6 @@ def torch_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def _is_torchscript(path: str) -> bool:
     """TorchScript archives are zips holding ``<name>/constants.pkl`` and ``<name>/code/``."""
-    import zipfile  # pylint: disable=g-import-not-at-top
-
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:

@@ -37,12 +37,16 @@ is the largest id, as in CLIP's vocabulary (49407 of 49408).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import numpy as np
 
+from alignjax import models
+from alignjax.data import clip_bpe
 from alignjax.interop import common
 from alignjax.interop.common import Converted
 
@@ -263,8 +267,6 @@ def _check_exportable(mc: Mapping[str, Any]) -> None:
 
 def hf_config_from_model_config(mc: Mapping[str, Any], image_size: int) -> dict:
     """HF ``CLIPConfig`` dict (``config.json``) for a resolved alignjax model config."""
-    from alignjax import models  # pylint: disable=g-import-not-at-top
-
     mc = models.resolve_model_config(mc)
     _check_exportable(mc)
     act = mc["act"] or ("quick_gelu" if mc["quick_gelu"] else "gelu")
@@ -312,8 +314,6 @@ def params_to_hf(params: Mapping[str, Any], mc: Mapping[str, Any]) -> dict[str, 
     A non-zero patch-embedding bias (HF's conv has none) is folded into the patch rows of
     the position embedding, which adds the same vector to every patch token.
     """
-    from alignjax import models  # pylint: disable=g-import-not-at-top
-
     mc = models.resolve_model_config(mc)
     _check_exportable(mc)
     p = common.unstack_scan(common.to_f32(params))
@@ -376,10 +376,6 @@ def to_hf(
       image_size: the model's input size; default: ``preprocess['size']`` or, failing that,
         derived from the position-embedding length.
     """
-    import json  # pylint: disable=g-import-not-at-top
-
-    import flax.linen as nn  # pylint: disable=g-import-not-at-top
-
     params = nn.meta.unbox(params)
     params = params.get("params", params)
     sd = params_to_hf(params, model_config)
@@ -416,7 +412,5 @@ def to_hf(
         with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:
             json.dump(pp, f, indent=2)
     if tokenizer and tokenizer.get("bpe_path"):
-        from alignjax.data import clip_bpe  # pylint: disable=g-import-not-at-top
-
         clip_bpe.write_hf_files(tokenizer["bpe_path"], out_dir, tokenizer.get("vocab_path") or None)
     return out_dir
