@@ -363,3 +363,72 @@ def print_memory_table(sizes=((100_000, 1024), (500_000, 1024), (500_000, 256)),
         r = compiled_memory(mesh, m, dim, q)
         t, a = r['temp_bytes'] / 2**20, r['argument_bytes'] / 2**20
         print(f'| {m:,} | {dim} | {q} | {n} | {t:.0f} MiB | {a:.0f} MiB |')
+
+
+def scored_compiled_memory(
+    score_fn, queries, gallery, mesh: Mesh, gallery_chunk: int | None, group_size: int | None = None
+) -> dict[str, int]:
+    """Per-device bytes of one compiled `scored_positive_ranks` call (`group_size=None`) or
+    `gallery_scores` call, from abstract shapes: `queries` (one chunk) and `gallery` (all of
+    it) are pytrees of `jax.ShapeDtypeStruct`."""
+    m = _num_rows(gallery)
+    m_pad, block = _gallery_layout(m, mesh, gallery_chunk)
+    g_sh, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+
+    def spec(x, n, sharding):
+        return jax.ShapeDtypeStruct((n,) + tuple(x.shape[1:]), x.dtype, sharding=sharding)
+
+    q = jax.tree.map(lambda x: spec(x, x.shape[0], rep), queries)
+    g = jax.tree.map(lambda x: spec(x, m_pad, g_sh), gallery)
+    with jax.set_mesh(mesh), jax.default_matmul_precision('highest'):
+        if group_size is None:
+            nq = _num_rows(queries)
+            col = [jax.ShapeDtypeStruct((m_pad,), dt, sharding=g_sh) for dt in ('int32', 'bool')]
+            qg = jax.ShapeDtypeStruct((nq,), jnp.int32, sharding=rep)
+            lowered = _compiled_scored_ranks(mesh, score_fn, block).lower(
+                q, qg, g, col[0], col[1], col[0]
+            )
+        else:
+            lowered = _compiled_gallery_scores(mesh, score_fn, block, m, group_size).lower(q, g)
+        ma = lowered.compile().memory_analysis()
+    return {'temp_bytes': ma.temp_size_in_bytes, 'argument_bytes': ma.argument_size_in_bytes}
+
+
+def print_tokenwise_memory_table(query_chunk=128, gallery_chunk=16, n_img=197, n_txt=77, dim=512):
+    """Markdown table of `scored_compiled_memory` for FILIP's token-wise scorer at ViT-B/16
+    sizes (197 patch tokens, 77 text tokens), e.g. on 8 forced CPU devices:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -c \\
+        'from alignjax.evaluate.ranks import print_tokenwise_memory_table as p; p()'
+    """
+    from alignjax import scoring
+
+    mesh = parallel.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
+    n = parallel.batch_size_per_shard(mesh)
+    tw = scoring.tokenwise_scorer(query_chunk=query_chunk, gallery_chunk=gallery_chunk)
+
+    def img(b):
+        return {'tokens': jax.ShapeDtypeStruct((b, n_img, dim), jnp.float32)}
+
+    def txt(b):
+        return {
+            'tokens': jax.ShapeDtypeStruct((b, n_txt, dim), jnp.float32),
+            'mask': jax.ShapeDtypeStruct((b, n_txt), jnp.bool_),
+        }
+
+    q, c = query_chunk, gallery_chunk
+    rows = [
+        ('text retrieval (ranks)', tw.i2t, img(q), txt(25_000), None),
+        ('image retrieval (ranks)', tw.t2i, txt(q), img(5_000), None),
+        ('zero-shot, 1000 classes x 80 templates (scores)', tw.i2t, img(q), txt(80_000), 80),
+    ]
+    print(
+        '| call | queries Q | gallery M | gallery chunk | devices | temporaries / device '
+        '| arguments / device |'
+    )
+    print('|---|---|---|---|---|---|---|')
+    for what, fn, queries, gallery, group in rows:
+        r = scored_compiled_memory(fn, queries, gallery, mesh, c, group)
+        t, a = r['temp_bytes'] / 2**20, r['argument_bytes'] / 2**20
+        m = _num_rows(gallery)
+        print(f'| {what} | {q} | {m:,} | {c} | {n} | {t:.0f} MiB | {a:.0f} MiB |')
