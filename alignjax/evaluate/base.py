@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+from alignjax import scoring
 from alignjax.evaluate import embed as embed_lib
 
 ConfigDict = ml_collections.ConfigDict
@@ -28,14 +29,23 @@ class Context:
     """Builds and shares `EvalSplit`s and `Embedder`s between the evaluators of a run.
 
     Evaluators reading the same split share its decoded shard and, within one evaluation
-    round (the same `params` object), its embeddings.
+    round (the same `params` object), its embeddings. `scorers` are the similarities the
+    zero-shot and retrieval evaluators rank with (`alignjax.scoring`).
     """
 
-    def __init__(self, config: ConfigDict, model: nn.Module, tokenizer, mesh: jax.sharding.Mesh):
+    def __init__(
+        self,
+        config: ConfigDict,
+        model: nn.Module,
+        tokenizer,
+        mesh: jax.sharding.Mesh,
+        scorers=(scoring.GLOBAL,),
+    ):
         self.config = config
         self.model = model
         self.tokenizer = tokenizer
         self.mesh = mesh
+        self.scorers = scoring.check_scorers(scorers)
         self._splits: dict[tuple, embed_lib.EvalSplit] = {}
         self._embedders: dict[int, embed_lib.Embedder] = {}
 
@@ -70,6 +80,11 @@ class Context:
         if batch_size not in self._embedders:
             self._embedders[batch_size] = embed_lib.Embedder(self.model, self.mesh, batch_size)
         return self._embedders[batch_size]
+
+
+def query_chunk(chunk_size: int, scorer: scoring.Scorer) -> int:
+    """Queries per device call: the evaluator's `chunk_size`, capped by the scorer's."""
+    return min(chunk_size, scorer.query_chunk or chunk_size)
 
 
 def label_column(key: str, labels: dict[str, Any], where: str) -> str:

@@ -13,11 +13,18 @@ Several captions per image (COCO / Flickr30k Karpathy style): when a source's ex
 are embedded; otherwise the one `'caption'` is.
 
 `Embedder` embeds host arrays that every process holds whole (e.g. zero-shot prompts).
+
+Scorers (`alignjax.scoring.Scorer`) other than the global one need their own features (e.g.
+token sets): `EvalSplit.add_scorers` makes every `embed` call also compute them, from the
+same device batches, into `Embeddings.features[scorer.name]`, and `Embedder.features` does
+the same for host arrays. They run in a jitted function of their own, so the global
+embeddings keep their exact compiled function (and values) whatever scorers are added.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Any
@@ -28,7 +35,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from alignjax import data as data_lib
-from alignjax import parallel
+from alignjax import parallel, scoring
 from alignjax.data import decode as data_decode
 
 _log = logging.getLogger(__name__)
@@ -67,13 +74,42 @@ def _make_encoders(model: nn.Module, mesh: jax.sharding.Mesh):
     return jax.jit(image, out_shardings=out_sh), jax.jit(text, out_shardings=out_sh)
 
 
+_FEATURES: dict[tuple[int, Any, tuple], tuple[nn.Module, Any, Any]] = {}
+
+
+def _feature_fns(model: nn.Module, mesh: jax.sharding.Mesh, scorers: tuple):
+    """Jitted `(params, x) -> tuple of each scorer's features` for images and for texts."""
+    key = (id(model), mesh, scorers)
+    if key in _FEATURES and _FEATURES[key][0] is model:
+        return _FEATURES[key][1:]
+    out_sh = parallel.batch_sharding(mesh)
+
+    def image(params, x):
+        apply = functools.partial(model.apply, {'params': params})
+        return tuple(s.image_features(apply, x) for s in scorers)
+
+    def text(params, x):
+        apply = functools.partial(model.apply, {'params': params})
+        flat = x.reshape((-1, x.shape[-1]))  # [B, K, L] -> [B * K, L], as `_make_encoders`
+        return tuple(s.text_features(apply, flat) for s in scorers)
+
+    fns = jax.jit(image, out_shardings=out_sh), jax.jit(text, out_shardings=out_sh)
+    _FEATURES[key] = (model, *fns)
+    return fns
+
+
 def global_array(x: np.ndarray, sharding: jax.sharding.NamedSharding) -> jax.Array:
     """A global array from a host array that every process holds whole."""
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
-def _host(x: jax.Array) -> np.ndarray:
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+def _host(x: Any) -> Any:
+    """Host copy of a (pytree of) batch-sharded global array(s), every process's rows."""
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(x, tiled=True))
+
+
+def _concat(parts: list[Any]) -> Any:
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
 
 
 class Embedder:
@@ -81,10 +117,11 @@ class Embedder:
 
     def __init__(self, model: nn.Module, mesh: jax.sharding.Mesh, batch_size: int):
         self.mesh = mesh
+        self.model = model
         self.batch_size = global_batch_size(batch_size, mesh)
         self._image, self._text = _encoders(model, mesh)
 
-    def _run(self, fn, params, x: np.ndarray) -> np.ndarray:
+    def _run(self, fn, params, x: np.ndarray) -> Any:
         n, bs, out = x.shape[0], self.batch_size, []
         sharding = parallel.batch_sharding(self.mesh)
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
@@ -94,14 +131,20 @@ class Embedder:
                 if valid < bs:  # Pad the last chunk; padded rows are dropped below.
                     chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - valid, axis=0)])
                 batch = global_array(chunk, sharding)
-                out.append(_host(fn(params, batch))[:valid])
-        return np.concatenate(out, axis=0)
+                out.append(jax.tree.map(lambda a, v=valid: a[:v], _host(fn(params, batch))))
+        return _concat(out)
 
     def images(self, params, images: np.ndarray) -> np.ndarray:
         return self._run(self._image, params, images)
 
     def texts(self, params, tokens: np.ndarray) -> np.ndarray:
         return self._run(self._text, params, tokens)
+
+    def features(self, params, x: np.ndarray, scorers, side: str) -> tuple[Any, ...]:
+        """Each scorer's `image_features` (`side='image'`) or `text_features` ('text') of
+        host images [N, H, W, C] / tokens [N, L]: a tuple of host pytrees of [N, ...]."""
+        image, text = _feature_fns(self.model, self.mesh, tuple(scorers))
+        return self._run({'image': image, 'text': text}[side], params, x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,13 +210,17 @@ class Embeddings:
     """One split's embeddings in source order (every process holds them whole).
 
     image: [N, D]; text: [T, D] (all captions, image-major) or None; image_of_text: [T] int
-    (row of `image` each caption belongs to) or None; labels: {'label_<name>': [N] int}.
+    (row of `image` each caption belongs to) or None; labels: {'label_<name>': [N] int};
+    features: {scorer name: (image features, text features or None)} for the split's added
+    scorers (`EvalSplit.add_scorers`), pytrees of [N, ...] and [T, ...] host arrays in the
+    same row order as `image` and `text`.
     """
 
     image: np.ndarray
     text: np.ndarray | None
     image_of_text: np.ndarray | None
     labels: dict[str, np.ndarray]
+    features: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
 
 
 class EvalSplit:
@@ -218,10 +265,22 @@ class EvalSplit:
         self.cache = cache
         self._cached: list[dict[str, np.ndarray]] | None = None
         self._image, self._text = _encoders(model, mesh)
-        self._memo: tuple[Any, bool, Embeddings] | None = None
+        self.model = model
+        self._memo: tuple[Any, bool, tuple, Embeddings] | None = None
         # Set by evaluators that need caption embeddings: then every `embed` call computes
         # them, so evaluators sharing this split embed the images once per round.
         self.needs_text = False
+        # Scorers whose features every `embed` call computes (same reason); not the global
+        # one, whose features are `Embeddings.image` / `.text`.
+        self.scorers: tuple[scoring.Scorer, ...] = ()
+
+    def add_scorers(self, scorers) -> None:
+        """Every later `embed` also computes these scorers' features (`Embeddings.features`)."""
+        for s in scorers:
+            if s is not scoring.GLOBAL and s not in self.scorers:
+                if any(t.name == s.name for t in self.scorers):
+                    raise ValueError(f'Two different scorers named {s.name!r} on one split.')
+                self.scorers += (s,)
 
     def _local_batches(self):
         if self._cached is not None:
@@ -234,11 +293,15 @@ class EvalSplit:
     def embed(self, params, with_text: bool = True) -> Embeddings:
         """Embeddings of the whole split for `params` (memoised for the same `params`)."""
         with_text = with_text or self.needs_text
+        scorers = self.scorers
         if self._memo is not None:
-            p, had_text, emb = self._memo
-            if p is params and (had_text or not with_text):
+            p, had_text, had_scorers, emb = self._memo
+            if p is params and (had_text or not with_text) and had_scorers == scorers:
                 return emb
         cols: dict[str, list[np.ndarray]] = {}
+        feats: dict[str, list[Any]] = {'image': [], 'text': []}
+        if scorers:
+            image_feats, text_feats = _feature_fns(self.model, self.mesh, scorers)
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
             for local in self._local_batches():
                 meta = {k: v for k, v in local.items() if k not in ('image', 'tokens')}
@@ -251,10 +314,16 @@ class EvalSplit:
                     self.mesh,
                 )
                 cols.setdefault('image', []).append(_host(self._image(params, glob['image'])))
+                if scorers:
+                    feats['image'].append(_host(image_feats(params, glob['image'])))
                 if with_text:
                     k = local['caption_tokens'].shape[1]
                     z = _host(self._text(params, glob['text']))
                     cols.setdefault('text', []).append(z.reshape(-1, k, z.shape[-1]))
+                    if scorers:  # [B * K, ...] -> [B, K, ...], as the embeddings.
+                        f = _host(text_feats(params, glob['text']))
+                        f = jax.tree.map(lambda a, k=k: a.reshape((-1, k) + a.shape[1:]), f)
+                        feats['text'].append(f)
                 # Per-example metadata of every process, in the same global row order.
                 for key, value in multihost_utils.process_allgather(meta, tiled=True).items():
                     cols.setdefault(key, []).append(np.asarray(value))
@@ -262,6 +331,10 @@ class EvalSplit:
         keep = arrays['mask'].astype(bool)
         order = np.argsort(arrays['index'][keep], kind='stable')
         arrays = {k: v[keep][order] for k, v in arrays.items()}
+        feats = {
+            side: jax.tree.map(lambda a: a[keep][order], _concat(parts)) if parts else None
+            for side, parts in feats.items()
+        }
 
         dropped = int(arrays['dropped_captions'].sum())
         if dropped and with_text:
@@ -277,7 +350,16 @@ class EvalSplit:
             valid = np.arange(arrays['text'].shape[1])[None, :] < n_cap[:, None]  # [N, K]
             text = arrays['text'][valid]  # image-major order
             image_of_text = np.nonzero(valid)[0].astype(np.int32)
+            if feats['text'] is not None:
+                feats['text'] = jax.tree.map(lambda a: a[valid], feats['text'])
+        features = {
+            s.name: (
+                feats['image'][i],
+                feats['text'][i] if feats['text'] is not None else None,
+            )
+            for i, s in enumerate(scorers)
+        }
         labels = {k: v.astype(np.int64) for k, v in arrays.items() if k.startswith('label_')}
-        emb = Embeddings(arrays['image'], text, image_of_text, labels)
-        self._memo = (params, with_text, emb)
+        emb = Embeddings(arrays['image'], text, image_of_text, labels, features)
+        self._memo = (params, with_text, scorers, emb)
         return emb

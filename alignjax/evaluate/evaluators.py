@@ -17,18 +17,26 @@ a split (`embed.EvalSplit`); embeddings are gathered to every host in source ord
 similarities ranked on device (`ranks`), so the metrics do not depend on the number of
 processes or devices.
 
-The trainer calls `build_evaluators(config, model, tokenizer, mesh)`, then `ev.due(step)` and
-`ev.run(params) -> dict[str, float]`.
+The trainer calls `build_evaluators(config, model, tokenizer, mesh, objective.scorers)`, then
+`ev.due(step)` and `ev.run(params) -> dict[str, float]`.
+
+Scorers (`alignjax.scoring`): zero-shot and retrieval rank with every given scorer. The
+global one (`scoring.GLOBAL`, the default) keeps the plain metric names; each other scorer
+`s` reports the same metrics under `<kind>/<name>@<s.name>/<metric>`, e.g.
+`zeroshot/inet@tokenwise/acc1`, `retrieval/coco@tokenwise/image_retrieval_recall@1`.
+Linear probe and geometry use the global embeddings only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import ml_collections
 
 from alignjax import config as config_lib
+from alignjax import scoring
 from alignjax.evaluate import base
 from alignjax.evaluate.embed import Embedder
 from alignjax.evaluate.linear_probe import LinearProbeEvaluator
@@ -45,13 +53,21 @@ EVALUATORS = {
 __all__ = ['EVALUATORS', 'Embedder', 'build_evaluators']
 
 
-def build_evaluators(config: ConfigDict, model: nn.Module, tokenizer, mesh) -> list[Any]:
+def build_evaluators(
+    config: ConfigDict,
+    model: nn.Module,
+    tokenizer,
+    mesh,
+    scorers: Sequence[scoring.Scorer] = (scoring.GLOBAL,),
+) -> list[Any]:
     """One evaluator per entry of `config.evals`, fields validated.
 
     Evaluators reading the same split share its decoded shard and, within one evaluation
-    round, its embeddings; those with the same batch size share one compiled `Embedder`.
+    round, its embeddings (and scorer features); those with the same batch size share one
+    compiled `Embedder`. `scorers`: the similarities zero-shot and retrieval rank with (names
+    distinct; see the module docstring for the metric names).
     """
-    ctx = base.Context(config, model, tokenizer, mesh)
+    ctx = base.Context(config, model, tokenizer, mesh, scorers)
     out = []
     for name, ev in config.evals.items():
         config_lib.check_choice(ev.get('type'), list(EVALUATORS), f'evals.{name}.type')

@@ -14,6 +14,11 @@ chunks of `chunk_size` against the gallery sharded over the mesh, so 100k images
 captions never form a matrix on the host; the module docstring of `ranks` gives the
 per-device memory.
 
+Other scorers (`alignjax.scoring`, e.g. token-wise): the same recalls under
+`retrieval/<name>@<scorer>/...`, ranked on device by `ranks.scored_positive_ranks` (text
+retrieval from `s_i2t`, image retrieval from `s_t2i`; queries in chunks of
+`min(chunk_size, scorer.query_chunk)`, the gallery's features sharded over the mesh).
+
 With `geometry=True` (default) the evaluator also logs, on the same embeddings,
 `geometry/<name>/{modality_gap, alignment, uniformity_image, uniformity_text}`
 (`alignjax.evaluate.geometry`; alignment over (image, caption) pairs, uniformity on at most
@@ -26,6 +31,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from alignjax import scoring
 from alignjax.evaluate import base, geometry, ranks
 from alignjax.evaluate import metrics as metrics_lib
 
@@ -53,7 +59,8 @@ class _PairedEvaluator(base.Evaluator):
 
 
 class RetrievalEvaluator(_PairedEvaluator):
-    """Metrics: `retrieval/<name>/{image,text}_retrieval_recall@k` (+ geometry, see module)."""
+    """Metrics: `retrieval/<name>/{image,text}_retrieval_recall@k` (+ geometry, see module);
+    `retrieval/<name>@<scorer>/...` for each scorer but the global one."""
 
     kind = 'retrieval'
     FIELDS: ClassVar[dict] = dict(
@@ -65,17 +72,37 @@ class RetrievalEvaluator(_PairedEvaluator):
         max_uniformity=4096,
     )
 
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.scorers = self.ctx.scorers
+        self.split.add_scorers(self.scorers)
+
+    def ranks(self, emb, scorer: scoring.Scorer) -> tuple[np.ndarray, np.ndarray]:
+        """(text -> image ranks [T], image -> text ranks [N]) of the best positives."""
+        images = np.arange(emb.image.shape[0])
+        mesh, chunk = self.ctx.mesh, self.cfg.chunk_size
+        if scorer is scoring.GLOBAL:  # Embeddings ranked by their dot products.
+            t2i = ranks.positive_ranks(emb.text, emb.image_of_text, emb.image, images, mesh, chunk)
+            i2t = ranks.positive_ranks(emb.image, images, emb.text, emb.image_of_text, mesh, chunk)
+            return t2i, i2t
+        img, txt = emb.features[scorer.name]
+        chunk, g_chunk = base.query_chunk(chunk, scorer), scorer.gallery_chunk
+        t2i = ranks.scored_positive_ranks(
+            scorer.t2i, txt, emb.image_of_text, img, images, mesh, chunk, g_chunk
+        )
+        i2t = ranks.scored_positive_ranks(
+            scorer.i2t, img, images, txt, emb.image_of_text, mesh, chunk, g_chunk
+        )
+        return t2i, i2t
+
     def run(self, params) -> dict[str, float]:
         emb = self.split.embed(params, with_text=True)
-        n_img = emb.image.shape[0]
-        mesh, chunk = self.ctx.mesh, self.cfg.chunk_size
-        images = np.arange(n_img)
-        t2i = ranks.positive_ranks(emb.text, emb.image_of_text, emb.image, images, mesh, chunk)
-        i2t = ranks.positive_ranks(emb.image, images, emb.text, emb.image_of_text, mesh, chunk)
-        out = {
-            f'retrieval/{self.name}/{k}': v
-            for k, v in metrics_lib.retrieval_metrics_from_ranks(t2i, i2t, self.cfg.ks).items()
-        }
+        out = {}
+        for scorer in self.scorers:
+            t2i, i2t = self.ranks(emb, scorer)
+            group = scorer.qualify(f'retrieval/{self.name}')
+            for k, v in metrics_lib.retrieval_metrics_from_ranks(t2i, i2t, self.cfg.ks).items():
+                out[f'{group}/{k}'] = v
         if self.cfg.geometry:
             geo = geometry_of(emb, self.cfg.max_uniformity)
             out.update({f'geometry/{self.name}/{k}': v for k, v in geo.items()})

@@ -19,6 +19,15 @@ Config (`config.evals.<name>`, type='zeroshot'):
   label_key:  the label column with `classnames` ('label' for tfds:/csv:/jsonl: sources).
 Metric names: `zeroshot/<name>/<metric>` with `classnames`, `zeroshot/<name>_<task>/<metric>`
 for the source's tasks.
+
+Other scorers (`alignjax.scoring`, e.g. token-wise): the same metrics under
+`zeroshot/<name>[_<task>]@<scorer>/<metric>`. A scorer with `combine_templates='scores'`
+averages the per-template scores instead of the embeddings,
+
+  score(image i, class c) = (1/T) sum_t s_i2t(i, t(c)),
+
+computed on device (`ranks.gallery_scores`: prompts sharded, images in chunks); with
+prototype groups a class again scores its best group. The host receives [N, C] scores.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from typing import ClassVar
 import numpy as np
 
 from alignjax import config as config_lib
+from alignjax import scoring
 from alignjax.evaluate import base, ranks
 from alignjax.evaluate import classnames as classnames_lib
 from alignjax.evaluate import metrics as metrics_lib
@@ -51,6 +61,8 @@ class ZeroShotEvaluator(base.Evaluator):
             cfg.data, cfg.split, cfg.num_examples, cfg.batch_size, cache=cfg.cache
         )
         self.embedder = self.ctx.embedder(cfg.batch_size)
+        self.scorers = self.ctx.scorers
+        self.split.add_scorers(self.scorers)
         self.tasks = self._tasks()
         tok = self.ctx.tokenizer
         # Tokenised prompts per task and prototype group: [C * T_g, L], class-major.
@@ -98,14 +110,55 @@ class ZeroShotEvaluator(base.Evaluator):
         """[G, C, D]: per prototype group and class, the renormalised mean of the normalised
         embeddings of that group's templates (G = 1 unless the task has ``prototypes``)."""
         n_cls = len(self.tasks[task]['classnames'])
-        out = []
+        out = [
+            mean_template_embedding(self.embedder.texts(params, tokens), n_cls)
+            for tokens in self.prompts[task]
+        ]
+        return np.stack(out)
+
+    def class_scores(self, params, task: str, scorer: scoring.Scorer, image_features) -> np.ndarray:
+        """[N, C] float32 score of each image for each class under `scorer`.
+
+        Per prototype group g: `s_gic = (1/T_g) sum_t s_i2t(i, t(c))` for
+        `combine_templates='scores'`, or `s_i2t(i, w_gc)` with `w_gc` the group's mean
+        template embedding (`mean_template_embedding`) for 'embeddings'; then
+        `s_ic = max_g s_gic`. `image_features`: the scorer's features of the N images.
+        """
+        n_cls = len(self.tasks[task]['classnames'])
+        chunk = base.query_chunk(self.cfg.chunk_size, scorer)
+        best = None
         for tokens in self.prompts[task]:
-            z = self.embedder.texts(params, tokens).astype(np.float64)
-            z = z.reshape(n_cls, -1, z.shape[-1])
-            z /= np.linalg.norm(z, axis=-1, keepdims=True)  # encode_text normalises; be exact.
-            w = z.mean(axis=1)
-            out.append(w / np.linalg.norm(w, axis=-1, keepdims=True))
-        return np.stack(out).astype(np.float32)
+            (text,) = self.embedder.features(params, tokens, (scorer,), 'text')
+            group_size = tokens.shape[0] // n_cls  # templates per class, class-major
+            if scorer.combine_templates == 'embeddings':
+                text, group_size = mean_template_embedding(text, n_cls), 1
+            s = ranks.gallery_scores(
+                scorer.i2t,
+                image_features,
+                text,
+                self.ctx.mesh,
+                chunk,
+                scorer.gallery_chunk,
+                group_size=group_size,
+            )
+            best = s if best is None else np.maximum(best, s)
+        return best
+
+    def _ranks(self, params, task: str, scorer: scoring.Scorer, emb, labels) -> np.ndarray:
+        if scorer is not scoring.GLOBAL:
+            scores = self.class_scores(params, task, scorer, emb.features[scorer.name][0])
+            return ranks.ranks_from_scores(scores, labels)
+        # The global scorer: class embeddings ranked on device (unchanged path and values).
+        w = self.class_embeddings(params, task)
+        if w.shape[0] == 1:
+            n_cls = w.shape[1]
+            return ranks.positive_ranks(
+                emb.image, labels, w[0], np.arange(n_cls), self.ctx.mesh, self.cfg.chunk_size
+            )
+        # A class scores its best prototype: rank the [N, C] maxima.
+        return ranks.ranks_from_scores(
+            ranks.max_prototype_scores(emb.image, w, self.cfg.chunk_size), labels
+        )
 
     def run(self, params) -> dict[str, float]:
         emb = self.split.embed(params, with_text=False)
@@ -120,19 +173,22 @@ class ZeroShotEvaluator(base.Evaluator):
                     f'{where}: labels in {column!r} span [{labels.min()}, {labels.max()}] but '
                     f'there are {n_cls} class names; the list must cover every label, in order.'
                 )
-            w = self.class_embeddings(params, t)
-            if w.shape[0] == 1:
-                r = ranks.positive_ranks(
-                    emb.image, labels, w[0], np.arange(n_cls), self.ctx.mesh, self.cfg.chunk_size
-                )
-            else:  # A class scores its best prototype: rank the [N, C] maxima.
-                r = ranks.ranks_from_scores(
-                    ranks.max_prototype_scores(emb.image, w, self.cfg.chunk_size), labels
-                )
-            prefix = f'zeroshot/{self.name}' + (f'_{t}' if t else '')
-            for k, v in metrics_lib.zero_shot_metrics_from_ranks(r, labels).items():
-                out[f'{prefix}/{k}'] = v
+            group = f'zeroshot/{self.name}' + (f'_{t}' if t else '')
+            for scorer in self.scorers:
+                r = self._ranks(params, t, scorer, emb, labels)
+                for k, v in metrics_lib.zero_shot_metrics_from_ranks(r, labels).items():
+                    out[f'{scorer.qualify(group)}/{k}'] = v
         return out
+
+
+def mean_template_embedding(z: np.ndarray, n_cls: int) -> np.ndarray:
+    """[C, D] float32 `w_c = normalize((1/T) sum_t normalize(z_ct))` of class-major template
+    embeddings z [C * T, D] (CLIP's prompt ensembling), in float64."""
+    z = np.asarray(z).astype(np.float64)
+    z = z.reshape(n_cls, -1, z.shape[-1])
+    z /= np.linalg.norm(z, axis=-1, keepdims=True)  # encode_text normalises; be exact.
+    w = z.mean(axis=1)
+    return (w / np.linalg.norm(w, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def _prototype_groups(task: dict) -> list[tuple[list[str], list[str]]]:
