@@ -1,11 +1,13 @@
 """alignjax: contrastive vision-language pre-training (CLIP, SigLIP, LiT, ...) in JAX/Flax.
 
 Where things are:
-  alignjax.models   two-tower model (ViT image tower, text transformer), `models.build`
-  alignjax.losses   clip_loss, siglip_loss (dense and ring), `losses.build`
-  alignjax.train    the one trainer: `train_and_evaluate(config, workdir)` and the CLI
-  alignjax.data     embedded procedural dataset, tokenizers, grain pipeline
-  alignjax.evaluate zero-shot classification and retrieval evaluators
+  alignjax.models     two-tower model (ViT image tower, text transformer), `models.build`
+  alignjax.losses     the math: clip_loss, siglip_loss (dense and ring), token-wise, ...
+  alignjax.objectives every method as one registered plug-in (`config.loss.name`)
+  alignjax.state      the train state: parameters, optimizer, extra weight sets (EMA, teacher)
+  alignjax.train      the one trainer: `train_and_evaluate(config, workdir)` and the CLI
+  alignjax.data       embedded procedural dataset, tokenizers, grain pipeline
+  alignjax.evaluate   zero-shot classification and retrieval evaluators
 """
 
 __version__ = '0.1.0'

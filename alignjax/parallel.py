@@ -13,7 +13,6 @@ any mesh), and one mesh axis is never used twice in a spec.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import math
 import os
@@ -23,6 +22,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from alignjax import validation
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
@@ -41,26 +42,9 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def _check_mesh_axes(mesh_config: Mapping[str, int]) -> None:
-    """Raises ValueError for a key of `mesh_config` that is not a mesh axis, naming the closest.
-
-    Same message as `alignjax.config.check_fields(mesh_config, MESH_AXES, 'mesh')`: this
-    module sits below config and must not import it.
-    """
-    valid = sorted(MESH_AXES)
-    for key in mesh_config.keys():
-        if key not in valid:
-            match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-            hint = f" (did you mean '{match[0]}'?)" if match else ''
-            raise ValueError(
-                f"Unknown config field 'mesh.{key}'{hint}. "
-                f"Valid fields of 'mesh': {', '.join(valid)}."
-            )
-
-
 def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh. One size may be -1: it takes the remaining devices."""
-    _check_mesh_axes(mesh_config)
+    validation.check_fields(mesh_config, MESH_AXES, 'mesh')
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
     sizes = [int(mesh_config.get(a, 1)) for a in MESH_AXES]

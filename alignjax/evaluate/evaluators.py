@@ -35,8 +35,7 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
-from alignjax import config as config_lib
-from alignjax import scoring
+from alignjax import scoring, validation
 from alignjax.evaluate import base
 from alignjax.evaluate.embed import Embedder
 from alignjax.evaluate.linear_probe import LinearProbeEvaluator
@@ -70,9 +69,9 @@ def build_evaluators(
     ctx = base.Context(config, model, tokenizer, mesh, scorers)
     out = []
     for name, ev in config.evals.items():
-        config_lib.check_choice(ev.get('type'), list(EVALUATORS), f'evals.{name}.type')
+        validation.check_choice(ev.get('type'), list(EVALUATORS), f'evals.{name}.type')
         cls = EVALUATORS[ev['type']]
-        config_lib.check_fields(ev, cls.FIELDS, f'evals.{name}')
+        validation.check_fields(ev, cls.FIELDS, f'evals.{name}')
         cfg = ConfigDict(dict(cls.FIELDS, **ev.to_dict()))
         out.append(cls(name, cfg, config, ctx))
     return out

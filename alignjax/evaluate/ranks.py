@@ -53,7 +53,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alignjax import parallel
+from alignjax import parallel, scoring
 from alignjax.evaluate.embed import global_array
 
 
@@ -401,8 +401,6 @@ def print_tokenwise_memory_table(query_chunk=128, gallery_chunk=16, n_img=197, n
     XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -c \\
         'from alignjax.evaluate.ranks import print_tokenwise_memory_table as p; p()'
     """
-    from alignjax import scoring
-
     mesh = parallel.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
     n = parallel.batch_size_per_shard(mesh)
     tw = scoring.tokenwise_scorer(query_chunk=query_chunk, gallery_chunk=gallery_chunk)

@@ -36,8 +36,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from alignjax import config as config_lib
-from alignjax import scoring
+from alignjax import scoring, validation
 from alignjax.evaluate import base, ranks
 from alignjax.evaluate import classnames as classnames_lib
 from alignjax.evaluate import metrics as metrics_lib
@@ -99,7 +98,7 @@ class ZeroShotEvaluator(base.Evaluator):
         tasks = get_tasks()
         wanted = cfg.tasks or list(tasks)
         for t in wanted:
-            config_lib.check_choice(t, list(tasks), f'{where}.tasks')
+            validation.check_choice(t, list(tasks), f'{where}.tasks')
         out = {t: dict(tasks[t]) for t in wanted}
         if cfg.templates is not None:
             for task in out.values():
