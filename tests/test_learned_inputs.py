@@ -438,7 +438,7 @@ def test_visual_prompts_shapes_and_effect(vit_model):
     assert_equal_tree(m.apply(v, x, jnp.zeros((0, W))), (pooled, tokens))  # P = 0: plain ViT
     # [P, W] is shared by the batch: same as [B, P, W] with identical rows
     shared = jnp.broadcast_to(prm, (3, 3, W))
-    for a, b in zip(m.apply(v, x, shared), (p_pooled, p_tokens)):
+    for a, b in zip(m.apply(v, x, shared), (p_pooled, p_tokens), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
     # per-example prompts act on their own example only
     per = shared.at[1].multiply(-1.0)
@@ -456,7 +456,7 @@ def test_visual_prompts_have_no_position_and_are_not_pooled(vit_model):
     prm = jax.random.normal(jax.random.PRNGKey(1), (3, W))
     pooled, tokens = m.apply(v, x, prm)
     # no position embedding: the order of the prompts does not matter
-    for a, b in zip(m.apply(v, x, prm[::-1]), (pooled, tokens)):
+    for a, b in zip(m.apply(v, x, prm[::-1]), (pooled, tokens), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
     # pooling reads the returned patch tokens only (or the class token)
     if pool == "gap":
