@@ -6,9 +6,14 @@ Typical use::
     model = models.build(dict(embed_dim=768, image=dict(variant="B/16", pool="map")))
     variables = model.init(rng, images, tokens)          # boxed (logically partitioned)
     out = model.apply(variables, images, tokens)          # TwoTowerOutput
+
+Learned inputs (text embeddings, visual prompts, CoOp context): see ``models.prompts`` and
+docs/MODELS.md.
 """
 
+from alignjax.models import prompts
 from alignjax.models.layers import LOGICAL_AXES, REMAT_POLICIES
+from alignjax.models.prompts import LearnedContext, splice_context
 from alignjax.models.text import TextTransformer
 from alignjax.models.two_tower import (
     TwoTower,
@@ -34,4 +39,7 @@ __all__ = [
     "LOGICAL_AXES",
     "REMAT_POLICIES",
     "l2_normalize",
+    "prompts",
+    "LearnedContext",
+    "splice_context",
 ]

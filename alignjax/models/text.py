@@ -7,6 +7,15 @@
 * ``convention='big_vision'`` (SigLIP, LiT): bidirectional attention without a padding mask
   and the *last* position as the sentence feature. This relies on "sticky" EOS padding in the
   tokenizer (pad with the EOS id) so the last token is always EOS.
+
+Learned inputs (prompt learning, CoOp): ``__call__(tokens, embeddings)`` takes input
+embeddings ``[B, L, W]`` in place of the token-embedding lookup. ``tokens`` still define
+everything else: the EOT (pooling) position, the validity ``mask`` and the sequence length;
+the position embedding is added to ``embeddings`` exactly as to looked-up ones.
+``embed_tokens(tokens)`` is the lookup itself, so
+``apply(v, tokens, apply(v, tokens, method='embed_tokens'))`` equals ``apply(v, tokens)``
+bit for bit. ``alignjax.models.prompts`` builds such embeddings from class prompts and
+learnable context vectors.
 """
 
 from __future__ import annotations
@@ -36,9 +45,14 @@ class TextTransformer(nn.Module):
       out_dim, head_bias: optional linear ``head`` to ``out_dim`` on pooled and token features.
       act, ln_eps, remat, scan, dtype, param_dtype, attention_impl: as in ``ViT``.
 
-    ``__call__(tokens [B, L] int) -> (pooled [B, out_dim or width],
-    tokens [B, L, out_dim or width], mask [B, L] bool)``. ``mask`` marks valid positions:
-    'clip': ``arange(L) <= argmax(tokens)``; 'big_vision': ``tokens != pad_id``.
+    ``__call__(tokens [B, L] int, embeddings [B, L, width] | None) -> (pooled [B, out_dim or
+    width], tokens [B, L, out_dim or width], mask [B, L] bool)``. ``mask`` marks valid
+    positions: 'clip': ``arange(L) <= argmax(tokens)``; 'big_vision': ``tokens != pad_id``.
+    With ``embeddings`` they replace ``embed_tokens(tokens)``; pooling position and ``mask``
+    still come from ``tokens``. The parameter tree does not depend on which input is used.
+
+    ``embed_tokens(tokens [B, L] int) -> [B, L, width]`` in ``dtype``: the token-embedding
+    lookup only (no position embedding).
     """
 
     width: int
@@ -59,8 +73,19 @@ class TextTransformer(nn.Module):
     param_dtype: Any = jnp.float32
     attention_impl: Optional[str] = None
 
+    def __call__(
+        self, tokens: Array, embeddings: Optional[Array] = None
+    ) -> tuple[Array, Array, Array]:
+        return self._forward(tokens, embeddings, embed_only=False)
+
+    def embed_tokens(self, tokens: Array) -> Array:
+        """tokens [B, L] int -> token embeddings [B, L, width] (``dtype``), no position term."""
+        return self._forward(tokens, None, embed_only=True)
+
     @nn.compact
-    def __call__(self, tokens: Array) -> tuple[Array, Array, Array]:
+    def _forward(self, tokens: Array, embeddings: Optional[Array], embed_only: bool):
+        # One compact method serves __call__ and embed_tokens, so both share the submodules
+        # (and the parameter tree is the one the tower always had).
         if self.convention not in CONVENTIONS:
             raise ValueError(
                 f"Unknown text convention {self.convention!r}. Valid: {CONVENTIONS} "
@@ -76,8 +101,13 @@ class TextTransformer(nn.Module):
                 "tokenize to at most context_length tokens or raise context_length."
             )
         d = self.width
+        if embeddings is not None and embeddings.shape != (b, length, d):
+            raise ValueError(
+                f"embeddings must be [B, L, width] = {(b, length, d)} to match tokens "
+                f"{tokens.shape} and width={d}, got shape {embeddings.shape}."
+            )
 
-        x = nn.Embed(
+        embed = nn.Embed(
             self.vocab_size,
             d,
             dtype=self.dtype,
@@ -86,7 +116,13 @@ class TextTransformer(nn.Module):
                 nn.initializers.normal(stddev=0.02), ("vocab", "embed")
             ),
             name="token_embedding",
-        )(tokens)  # [B, L, D]
+        )
+        if embeddings is None or self.is_initializing():
+            x = embed(tokens)  # [B, L, D]; at init always, so the lookup table exists
+        if embed_only:
+            return x
+        if embeddings is not None:
+            x = embeddings.astype(self.dtype)
         # std 0.01 as OpenAI CLIP's text positional embedding.
         pe = self.param(
             "pos_embedding",

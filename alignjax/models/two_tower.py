@@ -12,6 +12,11 @@ SigLIP, ring, token-wise) stay pure functions of the outputs.
 Parameter tree (top level): ``img/…`` (image tower, incl. its ``head``), ``txt/…`` (text
 tower, incl. its ``head``), ``log_scale`` and, when configured, ``logit_bias``. Heads live
 inside the towers so that ``img/.*`` selects everything image-side (LiT freezing).
+
+Learned inputs (prompt learning): ``text_embeddings`` [B, L, W] replace the text tower's
+token-embedding lookup (``tokens`` still set mask and pooling; ``embed_tokens`` is the
+lookup), ``image_prompts`` [P, W] or [B, P, W] are extra image tokens (VPT). Neither adds
+parameters; see ``TextTransformer``, ``ViT`` and ``alignjax.models.prompts``.
 """
 
 from __future__ import annotations
@@ -133,15 +138,23 @@ class TwoTower(nn.Module):
         if (self.image if tower == "img" else self.text) is None:
             raise ValueError(f"This TwoTower has no {'image' if tower == 'img' else 'text'} tower.")
 
-    def encode_image(self, images: Array) -> Array:
-        """images [B, H, W, C] -> unit-norm float32 [B, D]."""
+    def encode_image(self, images: Array, prompts: Optional[Array] = None) -> Array:
+        """images [B, H, W, C] (+ visual prompts [P, Wi] or [B, P, Wi]) -> unit-norm
+        float32 [B, D]."""
         self._need("img")
-        return l2_normalize(self.img(images)[0])
+        return l2_normalize(self.img(images, prompts)[0])
 
-    def encode_text(self, tokens: Array) -> Array:
-        """tokens [B, L] int -> unit-norm float32 [B, D]."""
+    def encode_text(self, tokens: Array, embeddings: Optional[Array] = None) -> Array:
+        """tokens [B, L] int (+ input embeddings [B, L, Wt] replacing the lookup) ->
+        unit-norm float32 [B, D]."""
         self._need("txt")
-        return l2_normalize(self.txt(tokens)[0])
+        return l2_normalize(self.txt(tokens, embeddings)[0])
+
+    def embed_tokens(self, tokens: Array) -> Array:
+        """tokens [B, L] int -> the text tower's token embeddings [B, L, Wt] (the lookup
+        that ``text_embeddings`` replace; no position embedding)."""
+        self._need("txt")
+        return self.txt.embed_tokens(tokens)
 
     def __call__(
         self,
@@ -150,6 +163,8 @@ class TwoTower(nn.Module):
         *,
         return_tokens: bool = False,
         train: bool = False,
+        text_embeddings: Optional[Array] = None,
+        image_prompts: Optional[Array] = None,
     ) -> TwoTowerOutput:
         """Embeds a batch of images and/or texts.
 
@@ -159,21 +174,31 @@ class TwoTower(nn.Module):
           return_tokens: also return per-token features, projected by the same head and
             unit-normalised (FILIP-style token-wise losses), and the text mask.
           train: reserved for stochastic layers (dropout, patch dropout); no effect yet.
+          text_embeddings: [B, L, Wt] input embeddings replacing the lookup of ``tokens``
+            (which still give pooling position and mask), or None.
+          image_prompts: [P, Wi] or [B, P, Wi] visual prompt tokens, or None.
 
         Returns:
           :class:`TwoTowerOutput`.
         """
         del train  # no stochastic layers yet
+        if text_embeddings is not None and tokens is None:
+            raise ValueError(
+                "text_embeddings need tokens as well: the tokens define the text mask and "
+                "the pooling (EOT) position."
+            )
+        if image_prompts is not None and images is None:
+            raise ValueError("image_prompts were given without images.")
         out: dict[str, Any] = {}
         if images is not None:
             self._need("img")
-            pooled, toks = self.img(images)
+            pooled, toks = self.img(images, image_prompts)
             out["zimg"] = l2_normalize(pooled)
             if return_tokens:
                 out["img_tokens"] = l2_normalize(toks)
         if tokens is not None:
             self._need("txt")
-            pooled, toks, mask = self.txt(tokens)
+            pooled, toks, mask = self.txt(tokens, text_embeddings)
             out["ztxt"] = l2_normalize(pooled)
             if return_tokens:
                 out["txt_tokens"] = l2_normalize(toks)

@@ -6,6 +6,8 @@ Pipeline for images ``[B, H, W, C]`` (NHWC, any value range the data pipeline ch
 2. position embedding added (learned, or fixed 2-D sin-cos);
 3. ``pool='tok'`` prepends a class token (after 2. for sincos2d; for 'learn' the class
    token has its own learned position, OpenAI/HF layout);
+3b. optional visual prompts ``[P, D]`` / ``[B, P, D]`` (VPT-shallow) inserted after the class
+   token and before the patch tokens, without position embedding (see ``ViT``);
 4. optional ``ln_pre`` (``pre_norm=True``, OpenAI CLIP);
 5. ``depth`` pre-LN blocks + final LayerNorm;
 6. pooling: class token ('tok'), mean of patch tokens ('gap'), or attention-pooling probe
@@ -101,9 +103,20 @@ class ViT(nn.Module):
       ln_eps: LayerNorm epsilon (1e-6 as big_vision/SigLIP; OpenAI CLIP uses 1e-5).
       remat, scan, dtype, param_dtype, attention_impl: see ``layers.Encoder``.
 
-    ``__call__(images [B, H, W, C]) -> (pooled [B, out_dim or width],
-    tokens [B, N, out_dim or width])``, in ``dtype``. ``tokens`` are the final-normed patch
-    tokens (the class token is not among them), through ``head`` when there is one.
+    ``__call__(images [B, H, W, C], prompts [P, width] | [B, P, width] | None) ->
+    (pooled [B, out_dim or width], tokens [B, N, out_dim or width])``, in ``dtype``.
+    ``tokens`` are the final-normed patch tokens (the class token is not among them), through
+    ``head`` when there is one.
+
+    Visual prompts (VPT-shallow, arXiv:2203.12119): ``prompts`` are extra input tokens, the
+    sequence becomes ``[cls] p_1..p_P x_1..x_N`` ('tok') or ``p_1..p_P x_1..x_N``. They are
+    inserted after the position embedding was added, so they get none (their order does not
+    matter), and before ``ln_pre``. They take part in every attention layer, but they are
+    outputs of nothing: pooling ignores them ('tok': the class token; 'gap': mean of the N
+    patch tokens; 'map': the probe attends to the N patch tokens only) and ``tokens`` stays
+    ``[B, N, .]``. So prompts act only through what they do to the class and patch tokens,
+    and ``prompts=None`` is the plain ViT. No parameters are added: the prompts are inputs,
+    to be held (and trained) by the caller.
     """
 
     width: int
@@ -125,7 +138,7 @@ class ViT(nn.Module):
     attention_impl: Optional[str] = None
 
     @nn.compact
-    def __call__(self, images: Array) -> tuple[Array, Array]:
+    def __call__(self, images: Array, prompts: Optional[Array] = None) -> tuple[Array, Array]:
         if self.posemb not in POSEMBS:
             raise ValueError(f"Unknown posemb {self.posemb!r}. Valid: {POSEMBS}.")
         if self.pool not in POOLS:
@@ -136,6 +149,15 @@ class ViT(nn.Module):
         if images.shape[1] % p or images.shape[2] % p:
             raise ValueError(f"Image size {images.shape[1:3]} is not divisible by patch_size={p}.")
         d = self.width
+        if prompts is not None and not (
+            prompts.ndim in (2, 3)
+            and prompts.shape[-1] == d
+            and (prompts.ndim == 2 or prompts.shape[0] == images.shape[0])
+        ):
+            raise ValueError(
+                f"prompts must be [P, width] or [B, P, width] with width={d} and "
+                f"B={images.shape[0]}, got shape {prompts.shape}."
+            )
 
         x = nn.Conv(
             d,
@@ -183,6 +205,13 @@ class ViT(nn.Module):
             if tok:
                 x = jnp.concatenate([cls, x], axis=1)
 
+        n_prompts = 0
+        if prompts is not None:
+            n_prompts = prompts.shape[-2]
+            prompts = jnp.broadcast_to(prompts.astype(self.dtype), (b, n_prompts, d))
+            x = jnp.concatenate([x[:, : int(tok)], prompts, x[:, int(tok) :]], axis=1)
+        first_patch = int(tok) + n_prompts  # x[:, first_patch:] are the N patch tokens
+
         if self.pre_norm:
             x = layers.layer_norm("ln_pre", self.dtype, self.param_dtype, self.ln_eps)(x)
 
@@ -201,11 +230,12 @@ class ViT(nn.Module):
             name="encoder",
         )(layers.constrain(x))
 
+        tokens = x[:, first_patch:]  # [B, N, D]: class token and prompts dropped
         if tok:
-            pooled, tokens = x[:, 0], x[:, 1:]
+            pooled = x[:, 0]
         elif self.pool == "gap":
             # mean in float32: a bf16 sum over hundreds of tokens loses precision.
-            pooled, tokens = jnp.mean(x.astype(jnp.float32), axis=1).astype(self.dtype), x
+            pooled = jnp.mean(tokens.astype(jnp.float32), axis=1).astype(self.dtype)
         else:
             pooled = MAPHead(
                 num_heads=self.num_heads,
@@ -216,8 +246,7 @@ class ViT(nn.Module):
                 param_dtype=self.param_dtype,
                 attention_impl=self.attention_impl,
                 name="map_head",
-            )(x)
-            tokens = x
+            )(tokens)
 
         if self.out_dim is not None:
             head = layers.projection_head(
