@@ -456,9 +456,9 @@ def test_build_variants_and_conflicts():
 
 
 def test_unknown_config_field_names_closest():
-    with pytest.raises(ValueError, match=r"'embed_dims'.*Did you mean 'embed_dim'"):
+    with pytest.raises(ValueError, match=r"'model.embed_dims' \(did you mean 'embed_dim'\?\)"):
         models.build(dict(embed_dims=128))
-    with pytest.raises(ValueError, match=r"'image.pol'.*Did you mean 'image.pool'.*posemb"):
+    with pytest.raises(ValueError, match=r"'model.image.pol' \(did you mean 'pool'\?\).*posemb"):
         models.build(dict(image=dict(pol="map")))
     with pytest.raises(ValueError, match=r"remat='nothing'.*nothing_saveable"):
         models.build(dict(remat="nothing"))

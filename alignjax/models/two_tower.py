@@ -22,7 +22,6 @@ parameters; see ``TextTransformer``, ``ViT`` and ``alignjax.models.prompts``.
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 from typing import Any, Mapping, Optional
 
@@ -32,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from alignjax import validation
 from alignjax.models import layers
 from alignjax.models.text import CONVENTIONS, TextTransformer
 from alignjax.models.variants import SIZE_FIELDS, parse_vit_variant
@@ -284,17 +284,6 @@ def _to_dict(cfg: Any) -> dict:
     raise ValueError(f"Model config must be a ConfigDict or dict, got {type(cfg).__name__}.")
 
 
-def _check_keys(given: Mapping, valid: Mapping, where: str) -> None:
-    for k in given:
-        if k not in valid:
-            close = difflib.get_close_matches(str(k), list(valid), n=1, cutoff=0.5)
-            hint = f" Did you mean '{where}{close[0]}'?" if close else ""
-            raise ValueError(
-                f"Unknown model config field '{where}{k}'.{hint} Valid fields"
-                f"{' of ' + where.rstrip('.') if where else ''}: {', '.join(valid)}."
-            )
-
-
 def _merge_with_defaults(config: Any) -> dict:
     """Validates field names and fills in defaults.
 
@@ -305,13 +294,13 @@ def _merge_with_defaults(config: Any) -> dict:
     """
     defaults = default_model_config().to_dict()
     user = _to_dict(config)
-    _check_keys(user, defaults, "")
+    validation.check_fields(user, defaults, "model")
     merged = copy.deepcopy(defaults)
     for k, v in user.items():
         if k in ("image", "text"):
             if not isinstance(v, Mapping):
                 raise ValueError(f"Model config field {k!r} must be a dict, got {v!r}.")
-            _check_keys(v, defaults[k], f"{k}.")
+            validation.check_fields(v, defaults[k], f"model.{k}")
             size_keys = ("variant",) + _SIZE_KEYS[k]
             if any(s in v for s in size_keys):
                 for s in size_keys:
@@ -354,31 +343,26 @@ def _resolve_sizes(tower: str, cfg: dict) -> dict:
     return cfg
 
 
-def _check_choice(name: str, value: Any, valid: tuple) -> None:
-    if value not in valid:
-        raise ValueError(f"Model config {name}={value!r} is not valid. Valid: {valid}.")
-
-
 def resolve_model_config(config: Any) -> dict:
     """Merged, validated, variant-resolved model config as a plain dict (what ``build`` uses)."""
     cfg = _merge_with_defaults(config)
     cfg["image"] = _resolve_sizes("image", cfg["image"])
     cfg["text"] = _resolve_sizes("text", cfg["text"])
-    _check_choice("dtype", cfg["dtype"], ("float32", "bfloat16"))
-    _check_choice("param_dtype", cfg["param_dtype"], ("float32",))
-    _check_choice("remat", cfg["remat"], (None,) + layers.REMAT_POLICIES)
-    _check_choice("attention_impl", cfg["attention_impl"], layers.ATTENTION_IMPLS)
+    validation.check_choice(cfg["dtype"], ("float32", "bfloat16"), "model.dtype")
+    validation.check_choice(cfg["param_dtype"], ("float32",), "model.param_dtype")
+    validation.check_choice(cfg["remat"], (None,) + layers.REMAT_POLICIES, "model.remat")
+    validation.check_choice(cfg["attention_impl"], layers.ATTENTION_IMPLS, "model.attention_impl")
     if cfg["attention_impl"] == "cudnn" and cfg["dtype"] != "bfloat16":
         raise ValueError(
             f"attention_impl='cudnn' needs dtype='bfloat16' (cuDNN fused attention has no "
             f"float32 kernel), got dtype={cfg['dtype']!r}."
         )
-    _check_choice("image.posemb", cfg["image"]["posemb"], POSEMBS)
-    _check_choice("image.pool", cfg["image"]["pool"], POOLS)
-    _check_choice("text.convention", cfg["text"]["convention"], CONVENTIONS)
+    validation.check_choice(cfg["image"]["posemb"], POSEMBS, "model.image.posemb")
+    validation.check_choice(cfg["image"]["pool"], POOLS, "model.image.pool")
+    validation.check_choice(cfg["text"]["convention"], CONVENTIONS, "model.text.convention")
     for k in ("quick_gelu", "scan"):
-        _check_choice(k, cfg[k], (True, False))
-    _check_choice("act", cfg["act"], (None,) + layers.ACTIVATIONS)
+        validation.check_choice(cfg[k], (True, False), f"model.{k}")
+    validation.check_choice(cfg["act"], (None,) + layers.ACTIVATIONS, "model.act")
     if cfg["quick_gelu"] and cfg["act"] not in (None, "quick_gelu"):
         raise ValueError(
             f"Model config quick_gelu=True conflicts with act={cfg['act']!r}; set one of them "
