@@ -1,4 +1,4 @@
-"""Invariants of the contrastive losses (reference/methods.md §0-2).
+"""Invariants of the contrastive losses (docs/OBJECTIVES.md).
 
 Runs on the 8 forced CPU devices of conftest.py; the ring and sharded-gradient tests build
 meshes over subsets of them.

@@ -11,6 +11,7 @@ import pytest
 import tiny_config
 
 from alignjax import data as data_lib
+from alignjax import evaluate as evaluate_lib
 from alignjax import models, objectives, optim, train
 from alignjax.objectives.dreamlip import SampleSubCaptions, split_sentences
 from alignjax.objectives.negclip import TokenizeNegative
@@ -164,3 +165,27 @@ def test_optimizer_sees_head_parameters():
     t = train.build_trainer(_config('dreamlip'), jax.devices()[:2])
     paths = jax.tree_util.tree_leaves(optim.tree_paths(t.abstract_state.params))
     assert 'group_log_scale' in paths
+
+
+@pytest.mark.parametrize('name', ['filip', 'wukong'])
+def test_token_wise_methods_evaluate_with_their_own_scorer_too(name):
+    c = _config(name, **({'num_tokens': 3, 'groups': 4} if name == 'wukong' else {}))
+    c.evals = {
+        'shapes': dict(type='zeroshot', data='synthetic:shapes', split='test', num_examples=32,
+                       batch_size=16, tasks=('color',)),
+        'pairs': dict(type='retrieval', data='synthetic:shapes', split='test', num_examples=32,
+                      batch_size=16),
+    }
+    t = train.build_trainer(c, jax.devices()[:2])
+    assert [s.name for s in t.objective.scorers] == ['global', 'tokenwise']
+    evaluators = evaluate_lib.build_evaluators(
+        t.config, t.model, t.tokenizer, t.mesh, t.objective.scorers
+    )
+    state = t.init_fn()
+    metrics = {}
+    for ev in evaluators:
+        metrics.update(ev.run(state.params))
+    plain = {k for k in metrics if '@tokenwise' not in k}
+    tokenwise = {k for k in metrics if '@tokenwise' in k}
+    assert any(k.endswith('acc1') for k in plain) and any(k.endswith('acc1') for k in tokenwise)
+    assert any('recall@1' in k for k in tokenwise) and len(tokenwise) == len(plain)

@@ -7,6 +7,7 @@ import tiny_config
 
 from alignjax import checkpoint as checkpoint_lib
 from alignjax import objectives, train
+from alignjax.losses import clip_loss
 from alignjax.evaluate import __main__ as eval_cli
 
 
@@ -89,3 +90,53 @@ def test_resume_with_an_ema_copy_is_bit_exact_and_evaluate_reads_it(tmp_path):
     assert set(on_params) == set(on_ema)
     with pytest.raises(ValueError, match=r"--weights='teacher'.*valid: \['params', 'ema'\]"):
         eval_cli.evaluate_checkpoint(config, ckpt_dir, 4, None, None, 'teacher')
+
+
+@objectives.register
+class _DistillFromRun(objectives.Objective):
+    """CLIP on the student; a frozen teacher of another size loaded from another run."""
+
+    name = 'test_distill_from_run'
+    defaults = {'teacher_path': ''}
+
+    def weight_sets(self):
+        init_from = {'path': self.cfg['teacher_path'], 'mapping': (), 'step': -1}
+        return {
+            'teacher': objectives.WeightSet(init='init_from', init_from=init_from, model='source')
+        }
+
+    def forward(self, apply, batch, ctx):
+        return {
+            'student': apply(batch['image'], batch['tokens']),
+            'teacher': ctx.apply_with['teacher'](batch['image'], batch['tokens']),
+        }
+
+    def loss(self, out, batch, ctx):
+        s, t = out['student'], out['teacher']
+        loss = clip_loss(s.zimg, s.ztxt, s.logit_scale)
+        agree = jax.numpy.mean(s.zimg @ s.ztxt.T * (t.zimg @ t.ztxt.T))
+        return loss, self.metrics(loss, s, agree=agree)
+
+
+def test_teacher_of_another_architecture_loads_from_another_run(tmp_path):
+    c = tiny_config.get_config()
+    c.model.text.width, c.model.image.width = 48, 48  # A larger teacher.
+    c.total_steps = c.checkpoint_every_steps = 2
+    train.train_and_evaluate(c, str(tmp_path / 'teacher'))
+    ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'teacher' / 'checkpoints'))
+    saved = ckpt.restore(2, train.build_trainer(c).abstract_state, None)
+    ckpt.close()
+
+    s = tiny_config.get_config()
+    s.loss = objectives.loss_config('test_distill_from_run', teacher_path=str(tmp_path / 'teacher'))
+    s.total_steps = s.checkpoint_every_steps = 2
+    student = tmp_path / 'student'
+    train.train_and_evaluate(s, str(student))
+    t = train.build_trainer(s)
+    ckpt = checkpoint_lib.Checkpointer(str(student / 'checkpoints'))
+    state = ckpt.restore(2, t.abstract_state, None)
+    ckpt.close()
+    teacher = state.weights['teacher']
+    assert sum(x.size for x in _leaves(teacher)) > sum(x.size for x in _leaves(state.params))
+    for x, y in zip(_leaves(teacher), _leaves(saved.params)):  # Loaded, then never updated.
+        np.testing.assert_array_equal(x, y)

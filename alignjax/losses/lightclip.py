@@ -1,8 +1,8 @@
 """LightCLIP (Nie et al. 2023, arXiv:2312.00674): progressive softened labels, relaxed
 bipartite token alignment and an auxiliary image-fused MLM head.
 
-No public code exists; ``methods.md`` §7 flags the schedule, the weights and the fusion
-placement as unverified, so all are config fields (see ``configs/lightclip.py``)::
+No public code exists, and the paper leaves the schedule, the weights and the fusion
+placement open, so all are config fields (see ``configs/lightclip.py``)::
 
     α(step) = α_max · ramp(step / total_steps)         ramp: linear or cosine, α(0) = 0
     L_inst  = symmetric InfoNCE with softened targets α(step)

@@ -8,8 +8,8 @@ pair with the symmetric contrastive loss and *softened* targets::
     L_pair(v, u) = ½ (CE_rows(t·V Uᵀ, Y) + CE_rows(t·U Vᵀ, Y))
     L = Σ_peer L_pair + λ Σ_cross L_pair
 
-Which pairs are peer-level and which cross-level is configurable (``methods.md`` flags the
-paper's exact pairing as unverified); the ROI branch needs detector features and is optional.
+Which pairs are peer-level and which cross-level is configurable (the paper's exact pairing
+is not certain); the ROI branch needs detector features and is optional.
 """
 
 from __future__ import annotations

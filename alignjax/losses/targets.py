@@ -1,4 +1,4 @@
-"""Target distributions and soft-target contrastive losses (``reference/methods.md`` §0).
+"""Target distributions and soft-target contrastive losses (docs/OBJECTIVES.md).
 
 Every alignment method below reduces to one pattern: row-wise softmax cross-entropy between
 a logit matrix and a *target distribution* per row. The builders here return [N, M] float32

@@ -6,7 +6,7 @@ For token sets ``x_i = {x_ik}`` (image patches) and ``y_j = {y_jr}`` (words), wi
     s^x_ij = (1 / |x_i|) Σ_{k valid in i}  max_{r valid in j} A_ij[k, r]     (image -> text)
     s^y_ij = (1 / |y_j|) Σ_{r valid in j}  max_{k valid in i} A_ij[k, r]     (text -> image)
 
-(``reference/methods.md`` §0.5, §4). Padding is excluded from the max by a large negative
+(docs/OBJECTIVES.md). Padding is excluded from the max by a large negative
 fill (not by zeroing features, which turns pads into a similarity floor of 0 — available as
 ``zero_pad_floor=True`` for parity with the Huawei FILIP/Wukong code) and from the mean by
 the mask.
