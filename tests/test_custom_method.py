@@ -82,7 +82,7 @@ def test_command_line_runs_the_outside_method(tmp_path):
         '    c = tiny_config.get_config()\n'
         "    c.imports = ('custom_method',)\n"
         "    c.loss = ml_collections.ConfigDict({'name': 'self_distill_clip'})\n"
-        '    c.total_steps = 2\n'
+        '    c.total_steps = 3\n'
         '    return c\n'
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, ROOT]))

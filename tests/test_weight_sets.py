@@ -53,14 +53,16 @@ def test_weight_set_spec_is_checked():
         train.build_trainer(c)
 
 
-def _ema_config(total_steps):
+def _ema_config(total_steps, evals=False):
     c = tiny_config.get_config()
     c.ema.decay = 0.9
     c.total_steps, c.checkpoint_every_steps = total_steps, 2
-    c.evals = {
-        'shapes': dict(type='zeroshot', data='synthetic:shapes', split='test', num_examples=64,
-                       batch_size=32, tasks=('color',)),
-    }
+    c.optim.warmup_steps = 1
+    if evals:  # Only for evaluating the checkpoint: training runs skip evaluation.
+        c.evals = {
+            'shapes': dict(type='zeroshot', data='synthetic:shapes', split='test',
+                           num_examples=32, batch_size=16, tasks=('color',)),
+        }
     return c
 
 
@@ -83,7 +85,7 @@ def test_resume_with_an_ema_copy_is_bit_exact_and_evaluate_reads_it(tmp_path):
     )
     # `python -m alignjax.evaluate --weights ema` scores the EMA copy, not the parameters.
     ckpt_dir = str(straight / 'checkpoints')
-    config = _ema_config(4)
+    config = _ema_config(4, evals=True)
     _, on_params = eval_cli.evaluate_checkpoint(config, ckpt_dir, 4, None, str(straight))
     _, on_ema = eval_cli.evaluate_checkpoint(config, ckpt_dir, 4, None, str(straight), 'ema')
     assert (straight / 'eval_4_ema.json').exists() and (straight / 'eval_4.json').exists()
@@ -122,6 +124,7 @@ def test_teacher_of_another_architecture_loads_from_another_run(tmp_path):
     c = tiny_config.get_config()
     c.model.text.width, c.model.image.width = 48, 48  # A larger teacher.
     c.total_steps = c.checkpoint_every_steps = 2
+    c.optim.warmup_steps = 1
     train.train_and_evaluate(c, str(tmp_path / 'teacher'))
     ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'teacher' / 'checkpoints'))
     saved = ckpt.restore(2, train.build_trainer(c).abstract_state, None)
@@ -130,6 +133,7 @@ def test_teacher_of_another_architecture_loads_from_another_run(tmp_path):
     s = tiny_config.get_config()
     s.loss = objectives.loss_config('test_distill_from_run', teacher_path=str(tmp_path / 'teacher'))
     s.total_steps = s.checkpoint_every_steps = 2
+    s.optim.warmup_steps = 1
     student = tmp_path / 'student'
     train.train_and_evaluate(s, str(student))
     t = train.build_trainer(s)
