@@ -1,11 +1,13 @@
-"""Every config in configs/: builds as written, says what it is, and trains 2 steps on CPU.
+"""Every config in configs/ builds as written, says what it is, and steps on CPU.
 
 * As written (scale configs included): `config.resolve` accepts it and the train state's
   abstract form builds on the 8 CPU devices (`jax.eval_shape` only: no B/16 weights are
   materialised; data files and vocabularies are not read).
 * Shrunk (`shrink`: sizes only; pooling, text convention, loss and its implementation,
-  freezing and clamping stay as written) and `:runlocal` (the scale configs' own CPU
-  variant): 2 training steps with evaluation.
+  freezing and clamping stay as written): a batch of the real input pipeline through the
+  lowered train step.
+* `:runlocal` (the scale configs' own CPU variant, as written): 2 training steps with
+  evaluation, and the same conventions as the config it shrinks.
 * The demo's default, `:clip` and `:siglip` resolve exactly to the configs recorded in
   tests/data/demo_configs.json (the README's measured figures were produced by them), and
   each objective config differs from the baseline it names only in its loss (and, where the
