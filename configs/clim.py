@@ -7,6 +7,10 @@ the 8x8 grid) and contrasted with its image's caption, together with the 64 sing
 
   python -m alignjax.train --config configs/clim.py --workdir runs/clim
 
+Baseline: `configs/demo.py:clip`. This config is that one (the demo model, plain
+`synthetic:shapes` with one caption per image, optimizer, steps, evaluators) with only
+`config.loss` changed.
+
 Defaults and why: grid 2 (CLIM mixes 2x2, 3x3 and 4x4 at 1024 px; 48 px images keep 2x2
 readable, and 48 / 3 is not a whole number of 6 px patches); the text tower trains
 (`freeze_text=False`): CLIM fine-tunes a pre-trained CLIP with the text tower frozen, the
@@ -18,15 +22,14 @@ import os
 from alignjax.config import load_config_file
 from alignjax.objectives import loss_config
 
-
-def _demo_config():
-    """configs/demo.py's config: the same model, data, optimizer and evaluations."""
-    return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'demo.py'))
+BASELINE = 'configs/demo.py:clip'
+DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'demo.py')
 
 
 def get_config(arg=None):
     if arg:
         raise ValueError(f'configs/clim.py takes no argument, got {arg!r}.')
-    c = _demo_config()
+    c = load_config_file(DEMO, 'base')  # configs/demo.py's base().
+    c.data.train = 'synthetic:shapes'  # One caption per image: CLIM reads nothing else.
     c.loss = loss_config('clim', grid=2, num_mosaics=0, freeze_text=False)
     return c

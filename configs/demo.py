@@ -19,15 +19,24 @@ short sentences name the shape without the colour, which the held-out pairs need
 sentences and 1100 steps keep the run under 10 minutes on 2 cores. The measured figures are
 in README.md.
 
-Arguments: `configs/demo.py:clip` trains the same model with plain CLIP on one caption per
-image, `configs/demo.py:siglip` with the SigLIP loss on one caption per image.
+Arguments:
+* `configs/demo.py:clip` trains the same model with plain CLIP on one caption per image
+  (plain `synthetic:shapes`): the baseline every objective config in configs/ names.
+* `configs/demo.py:siglip`: the SigLIP loss on one caption per image (logit scale 10, bias
+  -10, no clamp).
+* `configs/demo.py:base`: what every variant and every objective config starts from
+  (`base()` below): the model, plain `synthetic:shapes` data, tokenizer, optimizer, steps
+  and evaluators, with CLIP's loss. It is the same config as `:clip`.
 """
 
 from alignjax.config import base_config
 from alignjax.objectives import loss_config
 
+ARGS = ('base', 'clip', 'siglip')
 
-def get_config(arg=None):
+
+def base():
+    """The shared demo config: model, plain data, optimizer, evaluators; loss CLIP."""
     c = base_config()
     c.seed = 0
     c.total_steps = 1100
@@ -36,7 +45,7 @@ def get_config(arg=None):
     c.eval_every_steps = 550
     c.checkpoint_every_steps = 550
 
-    c.data.train = 'synthetic:shapes'
+    c.data.train = 'synthetic:shapes'  # One caption per image.
     c.data.image_size = 48
     c.data.num_workers = 0
 
@@ -62,24 +71,30 @@ def get_config(arg=None):
     m.text.context_length = 16
     m.text.convention = 'clip'
 
+    c.loss = loss_config('clip')
     c.optim.lr = 2e-3
     c.optim.warmup_steps = 50
     c.optim.weight_decay = 0.05
 
-    if arg == 'siglip':
-        c.loss = loss_config('siglip')
-        m.logit_scale_init = 10.0
-        m.logit_bias_init = -10.0
-        c.optim.clamp_logit_scale = False
-    elif arg == 'clip':
-        c.loss = loss_config('clip')
-    elif arg:
-        raise ValueError(f"configs/demo.py takes no argument, 'clip' or 'siglip'; got {arg!r}.")
-    else:  # Caption + 2 of its short sentences per image, multi-positive InfoNCE.
-        c.data.train = 'synthetic:shapes?extra_captions=true'
-        c.loss = loss_config('dreamlip', num_sub_captions=2, group_weight=0.0)
-
+    # The held-out (shape, colour) pairs of the test split.
     common = dict(data='synthetic:shapes', split='test', num_examples=1000, batch_size=250)
     c.evals.shapes = dict(type='zeroshot', **common)
     c.evals.shapes_retrieval = dict(type='retrieval', **common)
+    return c
+
+
+def get_config(arg=None):
+    c = base()
+    if arg in ('base', 'clip'):
+        return c
+    if arg == 'siglip':
+        c.loss = loss_config('siglip')
+        c.model.logit_scale_init = 10.0
+        c.model.logit_bias_init = -10.0
+        c.optim.clamp_logit_scale = False
+    elif arg:
+        raise ValueError(f'configs/demo.py takes no argument or one of {ARGS}; got {arg!r}.')
+    else:  # Caption + 2 of its short sentences per image, multi-positive InfoNCE.
+        c.data.train = 'synthetic:shapes?extra_captions=true'
+        c.loss = loss_config('dreamlip', num_sub_captions=2, group_weight=0.0)
     return c

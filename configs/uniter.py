@@ -7,6 +7,10 @@ two-tower model: the OT distance between a caption's tokens and its image's patc
 
   python -m alignjax.train --config configs/uniter.py --workdir runs/uniter
 
+Baseline: `configs/demo.py:clip`. This config is that one (the demo model, plain
+`synthetic:shapes` with one caption per image, optimizer, steps, evaluators) with only
+`config.loss` changed: the same CLIP loss plus the alignment term.
+
 Defaults as in UNITER: weight 0.1, beta 0.5, 50 IPOT iterations with 1 inner step, plan
 without gradient. UNITER applies WRA to the outputs of its single-stream transformer on ITM
 pairs; a two-tower model has no joint encoder, so the towers' token features stand in.
@@ -17,15 +21,14 @@ import os
 from alignjax.config import load_config_file
 from alignjax.objectives import loss_config
 
-
-def _demo_config():
-    """configs/demo.py's config: the same model, data, optimizer and evaluations."""
-    return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'demo.py'))
+BASELINE = 'configs/demo.py:clip'
+DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'demo.py')
 
 
 def get_config(arg=None):
     if arg:
         raise ValueError(f'configs/uniter.py takes no argument, got {arg!r}.')
-    c = _demo_config()
+    c = load_config_file(DEMO, 'base')  # configs/demo.py's base().
+    c.data.train = 'synthetic:shapes'  # One caption per image: UNITER's term reads no more.
     c.loss = loss_config('uniter', weight=0.1)
     return c
