@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any
 
 import ml_collections
 

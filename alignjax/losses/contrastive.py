@@ -16,7 +16,7 @@ Notation (docs/OBJECTIVES.md): ``B`` batch size, ``D`` embedding size,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
