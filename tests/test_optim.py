@@ -50,16 +50,25 @@ def test_schedules_peak_and_warmup(name):
         assert values[99] == pytest.approx(1 / np.sqrt(1 + 89 / 10_000), rel=1e-5)
 
 
+def _checked(**kw):
+    """`optim.check_config` (what `config.resolve` runs once) on the optimizer fields."""
+    c = optim.default_optim_config()
+    c.update(kw)
+    optim.check_config(c, total_steps=1000)
+
+
 def test_unknown_schedule_names_choices():
     with pytest.raises(ValueError, match='warmup_cosine'):
-        optim.make_schedule(_config(schedule='cosine_warmup'))
+        _checked(schedule='cosine_warmup')
 
 
 def test_unknown_field_names_closest():
-    c = _config()
-    c.weight_decy = 0.1
     with pytest.raises(ValueError, match="did you mean 'weight_decay'"):
-        optim.make_optimizer(c, _params())
+        _checked(weight_decy=0.1)
+    with pytest.raises(ValueError, match="warmup_steps=1000 must be smaller"):
+        _checked(warmup_steps=1000)
+    with pytest.raises(ValueError, match='Invalid regex'):
+        _checked(freeze=('img/(',))
 
 
 def test_weight_decay_is_multiplied_by_lr():
