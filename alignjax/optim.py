@@ -86,7 +86,8 @@ def check_config(c: ConfigDict, total_steps: int) -> None:
     if c.warmup_steps >= total_steps and c.schedule not in ('constant', 'warmup_constant'):
         raise ValueError(
             f'optim.warmup_steps={c.warmup_steps} must be smaller than '
-            f'total_steps={total_steps} for schedule {c.schedule!r}.'
+            f'total_steps={total_steps} for schedule {c.schedule!r}: also pass '
+            f'--config.optim.warmup_steps={max(total_steps // 10, 0)} (or fewer).'
         )
     for pattern in tuple(c.freeze) + tuple(c.no_decay):
         try:

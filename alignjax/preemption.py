@@ -1,5 +1,8 @@
 """Preemption: SIGTERM / SIGINT end a run cleanly, on a step every process agrees on.
 
+Ctrl-C is acknowledged at once (a line names the step being finished); a second Ctrl-C
+raises KeyboardInterrupt and stops without saving that step.
+
 The handlers only set a flag; the training loop asks `PreemptionWatcher.reached(step)`
 after each step and, when it says so, saves a checkpoint and exits 0 (docs/CHECKPOINTS.md,
 guarantee 2). With several processes JAX's preemption sync point makes every process save
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from typing import Any
 
 import jax
@@ -34,7 +38,9 @@ class PreemptionWatcher:
 
     def __init__(self, signals=(signal.SIGTERM, signal.SIGINT), sync_every: int = 1):
         self.signal_name: str | None = None
+        self.current_step: int | None = None  # Set by the loop; named when Ctrl-C comes.
         self._flag = False
+        self._interrupted = False
         self._previous: dict[int, Any] = {}
         self._sync_every = max(int(sync_every), 1)
         self._service = None
@@ -51,11 +57,30 @@ class PreemptionWatcher:
             except ValueError:  # Not the main thread (e.g. a notebook worker): no handler.
                 log.info('Not in the main thread: no handler for %s.', signal.Signals(sig).name)
 
+    def _interrupt(self, signum) -> bool:
+        """Ctrl-C: acknowledge the first at once; a second stops now (True: handled)."""
+        if signum != signal.SIGINT:
+            return False
+        if self._interrupted:
+            raise KeyboardInterrupt('second Ctrl-C: stopped without saving this step.')
+        self._interrupted = True
+        at = f' step {self.current_step}' if self.current_step is not None else ' the step'
+        if jax.process_index() == 0:
+            print(
+                f'\nCtrl-C: finishing{at}, saving a checkpoint and stopping; press Ctrl-C '
+                f'again to stop now without saving.',
+                file=sys.stderr,
+                flush=True,
+            )
+        return False
+
     def _set(self, signum, frame) -> None:  # Only sets a flag: the loop acts after a step.
+        self._interrupt(signum)
         self._flag = True
         self.signal_name = signal.Signals(signum).name
 
     def _forward(self, signum, frame) -> None:
+        self._interrupt(signum)
         self.signal_name = signal.Signals(signum).name
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -19,10 +19,11 @@ objective's prepare -> forward -> loss, the optimizer update, the weight sets' u
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
-import sys
+import time
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -31,8 +32,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import flags
 
 from alignjax import checkpoint as checkpoint_lib
+from alignjax import cli
 from alignjax import config as config_lib
 from alignjax import data as data_lib
 from alignjax import evaluate as evaluate_lib
@@ -326,11 +329,16 @@ class Trainer:
         return make_train_iterator(self.config, self.tokenizer, self.objective)
 
 
-def build_trainer(config: ConfigDict, devices=None) -> Trainer:
-    """Validates `config` and builds mesh, tokenizer, model, objective, optimizer and step."""
+def build_trainer(config: ConfigDict, devices=None, tokenizer=None) -> Trainer:
+    """Validates `config` and builds mesh, tokenizer, model, objective, optimizer and step.
+
+    `tokenizer` replaces the config's (whose vocabulary file would be read): `dry_run`
+    passes a stand-in of the same vocabulary size and context length.
+    """
     config = config_lib.resolve(config)
     mesh = parallel.make_mesh(config.mesh, devices)
-    tokenizer = data_lib.build_tokenizer(config.tokenizer)
+    if tokenizer is None:
+        tokenizer = data_lib.build_tokenizer(config.tokenizer)
     _check_consistency(config, tokenizer, mesh)
     build = state_lib.build_state(config, mesh)
     step_fn = jit_train_step(make_train_step(build, config), build.state_shardings, mesh)
@@ -368,6 +376,114 @@ def make_train_iterator(config: ConfigDict, tokenizer, objective: objectives.Obj
     )
 
 
+# The dry run's batch: the embedded shapes with every optional text field, so that any
+# objective's transforms find what they read (the config's own data is never opened).
+DRY_RUN_DATA = 'synthetic:shapes?extra_captions=true&hard_negatives=true'
+
+
+def dry_run(config: ConfigDict, workdir: str | None = None, devices=None, compile: bool = True):
+    """Builds the trainer and lowers (and compiles) its step, reading and writing nothing.
+
+    What `python -m alignjax.train ... --dry_run` prints: the parameter count of each weight
+    set, the train state's bytes per device, XLA's memory estimate of the compiled step per
+    device (`compile=True`), and where the resolved config would go. The tokenizer is a
+    stand-in of the config's vocabulary size and context length (no vocabulary file is
+    read); the batch is abstract, its structure taken from `DRY_RUN_DATA` (so a data spec's
+    own fields are not checked: that needs reading it). A workdir with checkpoints is
+    checked for resuming (its stored config only).
+
+    Returns a dict of the figures (`params`, `state_bytes_per_device`,
+    `step_bytes_per_device` or None, `resume_step`, `config_path`).
+    """
+    config = config_lib.resolve(config)
+    stand_in = data_lib.build_tokenizer(
+        {
+            'name': 'word_hash',
+            'vocab_size': config.model.text.vocab_size,
+            'context_length': config.model.text.context_length,
+        }
+    )
+    t = build_trainer(config, devices, tokenizer=stand_in)
+    resume_step = check_can_resume(t.config, workdir) if workdir else None
+
+    # One real example batch of the stand-in data gives the structure; the shapes are the
+    # global batch's, sharded like the trainer's batches.
+    spec = config.data.train if config.data.train.startswith('synthetic:') else DRY_RUN_DATA
+    source = data_lib.get_source(spec, 'train', image_size=config.data.image_size, seed=0)
+    example = next(
+        data_lib.make_train_iterator(
+            source,
+            tokenizer=stand_in,
+            global_batch_size=1,
+            seed=0,
+            process_index=0,
+            process_count=1,
+            normalize=config.data.normalize,
+            extra_transforms=tuple(t.objective.data_transforms(stand_in, config.seed)),
+        )
+    )
+    sharding = parallel.batch_sharding(t.mesh)
+    batch = {
+        k: jax.ShapeDtypeStruct((config.batch_size,) + np.shape(v)[1:], np.asarray(v).dtype, sharding=sharding)
+        for k, v in example.items()
+    }
+    _log(f'Lowering the train step for a global batch of {config.batch_size} ...')
+    lowered = t.step_fn.lower(t.abstract_state, batch)
+
+    def count(tree) -> int:
+        return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
+
+    def per_device(tree) -> int:
+        total = 0
+        for x in jax.tree_util.tree_leaves(tree):
+            shard = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+            total += math.prod(shard) * np.dtype(x.dtype).itemsize
+        return total
+
+    params = {'params': count(t.abstract_state.params)}
+    params.update({name: count(w) for name, w in t.abstract_state.weights.items()})
+    state_bytes = per_device(t.abstract_state)
+    step_bytes = None
+    if compile:
+        _log('Compiling it for the memory estimate (this can take a minute) ...')
+        memory = lowered.compile().memory_analysis()
+        if memory is not None:
+            step_bytes = int(
+                memory.argument_size_in_bytes
+                + memory.output_size_in_bytes
+                - memory.alias_size_in_bytes
+                + memory.temp_size_in_bytes
+            )
+    config_path = os.path.join(workdir, 'config.json') if workdir else None
+
+    gib = 2.0**30
+    lines = [f'Dry run: nothing was read from data or vocabulary files, nothing was written.']
+    lines += [f'  parameters ({name}): {n:,} ({n / 1e6:.1f}M)' for name, n in params.items()]
+    lines.append(
+        f'  mesh {dict(t.mesh.shape)} over {t.mesh.size} {jax.devices()[0].platform} devices'
+    )
+    lines.append(f'  train state per device: {state_bytes / gib:.3f} GiB')
+    if compile:
+        shown = f'{step_bytes / gib:.3f} GiB' if step_bytes is not None else 'not reported'
+        lines.append(
+            f'  train step per device (XLA estimate on this backend, state included): {shown}'
+        )
+    if workdir:
+        lines.append(
+            f'  would resume from step {resume_step}' if resume_step is not None else
+            '  would start a new run'
+        )
+        lines.append(f'  resolved config would be written to {config_path}')
+    _log('\n'.join(lines))
+    return {
+        'params': params,
+        'state_bytes_per_device': state_bytes,
+        'step_bytes_per_device': step_bytes,
+        'resume_step': resume_step,
+        'config_path': config_path,
+    }
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[str, Any]:
     """Trains (resuming from `workdir` if it has checkpoints) and returns the final metrics.
 
@@ -377,10 +493,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
     `{'step': s, 'preempted': True, ...}` (the CLI then exits 0). `devices` defaults to all
     devices; tests pass a subset to compare meshes.
     """
+    workdir_lib.check_writable(workdir)
     t = build_trainer(config, devices)
     config, mesh, model, tokenizer = t.config, t.mesh, t.model, t.tokenizer
-    os.makedirs(workdir, exist_ok=True)
-    workdir_lib.write_config(workdir, config)
+    check_can_resume(config, workdir)
     train_iter = t.train_iterator()
 
     ckpt = checkpoint_lib.Checkpointer(
@@ -411,16 +527,21 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
     evaluators = evaluate_lib.build_evaluators(
         config, model, tokenizer, mesh, t.objective.scorers
     )
-    writer = workdir_lib.MetricsWriter(workdir)
     start = int(jax.device_get(state.step))
+    # Only now is the run known to start: nothing in the workdir was touched before.
+    workdir_lib.write_config(workdir, config, step=start)
+    writer = workdir_lib.MetricsWriter(workdir)
     progress = workdir_lib.Progress(config.total_steps, start, config.batch_size)
     halt_on_nan = config.nan_policy == 'halt'
 
     def run_evals(step: int, final: bool) -> dict[str, float]:
         results = {}
-        for ev in evaluators:
-            if final or ev.due(step):
-                results.update(ev.run(state.params))
+        due = [ev for ev in evaluators if final or ev.due(step)]
+        for i, ev in enumerate(due):
+            began = time.perf_counter()
+            _log(f'Evaluating {ev.name} ({i + 1}/{len(due)}) at step {step} ...')
+            results.update(ev.run(state.params))
+            _log(f'  {ev.name} done in {time.perf_counter() - began:.1f} s')
         if results:
             writer.write(step, results)
         return results
@@ -446,9 +567,17 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
     eval_results: dict[str, float] = {}
     try:
         for step in range(start + 1, config.total_steps + 1):
+            watcher.current_step = step
             with jax.profiler.StepTraceAnnotation('train', step_num=step):
                 batch = parallel.make_global_batch(next(train_iter), mesh)
+                if step == start + 1:
+                    _log('Compiling the train step (the first step waits for it) ...')
+                    compile_start = time.perf_counter()
                 state, metrics = step_fn(state, batch)
+                if step == start + 1:
+                    jax.block_until_ready(metrics)
+                    _log(f'First step done in {time.perf_counter() - compile_start:.1f} s.')
+                    progress.restart(step)
             # Checking the previous step lets this one run while the host waits.
             if halt_on_nan and pending is not None and not bool(pending[1]['finite']):
                 _raise_non_finite(*pending)
@@ -476,6 +605,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
         if preempted is None:
             final_step = int(jax.device_get(state.step))
             eval_results = run_evals(final_step, final=True)
+            skipped = _data_skipped(train_iter)
+            if skipped['data/skipped']:  # Shown with the final metrics, not only logged.
+                eval_results.update(skipped)
     finally:
         watcher.close()
         ckpt.close()
@@ -500,6 +632,34 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
     return summary
 
 
+def check_can_resume(config: ConfigDict, workdir: str) -> int | None:
+    """The newest checkpoint step in `workdir` if `config` may resume it, else None.
+
+    Raises ValueError naming the changed fields when the workdir's run was trained with
+    another model, loss, tokenizer, batch, seed or training data (`workdir.RESUME_FIXED`):
+    before anything is read into the state or written to the workdir.
+    """
+    directory = os.path.join(workdir, 'checkpoints')
+    latest = checkpoint_lib.newest_committed_step(directory) if os.path.isdir(directory) else None
+    if latest is None:
+        return None
+    saved = None
+    # The config saved with the step, else the run's config.json (older checkpoints).
+    for path in (
+        os.path.join(directory, str(latest), 'config', 'metadata'),
+        os.path.join(workdir, 'config.json'),
+    ):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+            break
+        except (OSError, ValueError):
+            continue  # Missing or damaged: the next candidate (restore_latest names it).
+    if saved is not None:
+        workdir_lib.check_resume_config(saved, config, workdir)
+    return latest
+
+
 def _data_skipped(train_iter) -> dict[str, int]:
     """`data/skipped` (summed over processes) and `data/skipped/<reason>`."""
     total: dict[str, int] = {}
@@ -522,32 +682,36 @@ def _log(msg: str) -> None:
 
 
 def main(argv=None) -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
+    """`python -m alignjax.train --config FILE[:ARG] --workdir DIR [--config.a.b=v ...]`.
 
-    config_flags.DEFINE_config_file(
-        'config',
-        None,
-        'Config file, e.g. configs/demo.py or configs/demo.py:arg.',
-        lock_config=True,
+    Overrides, their errors and `--debug`: `alignjax.cli`. Every user error is one
+    `error:` line; SIGTERM / Ctrl-C save and exit 0 (a second Ctrl-C stops at once).
+    """
+    flags.DEFINE_string(
+        'config', None, 'Config file, e.g. configs/demo.py or configs/demo.py:arg; override '
+        'fields with --config.a.b=value.'
     )
     flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, summary).')
+    flags.DEFINE_bool(
+        'dry_run', False, 'Build the trainer, lower and compile the step, print the parameter '
+        'count and memory per device; read no data, write nothing.'
+    )
     flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
     flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
     flags.DEFINE_integer('process_id', None, 'This process\'s index (multi-process).')
     flags.mark_flags_as_required(['config', 'workdir'])
 
-    def run(_):
+    def run(_, overrides):
         logging.getLogger().setLevel(logging.WARNING)
         f = flags.FLAGS
+        config = cli.apply_overrides(cli.load_config(f.config), overrides)
+        if f.dry_run:
+            dry_run(config, f.workdir)
+            return
         parallel.maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
-        try:
-            train_and_evaluate(f.config, f.workdir)
-        except (ValueError, NonFiniteError) as e:
-            print(f'error: {e}', file=sys.stderr)
-            sys.exit(1)
+        train_and_evaluate(config, f.workdir)
 
-    app.run(run, argv=argv)
+    cli.run(run, argv)
 
 
 if __name__ == '__main__':

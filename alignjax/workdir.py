@@ -39,9 +39,114 @@ def write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_config(workdir: str, config) -> None:
-    if _is_writer():
-        write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+def check_writable(workdir: str) -> None:
+    """Creates `workdir` if needed; ValueError naming the fix if it cannot hold a run.
+
+    Called before anything is built or written, so a bad --workdir costs nothing.
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f'--workdir {workdir} is a file, not a directory: give a directory.')
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(
+            f'--workdir {workdir} cannot be created ({e.strerror}): give a directory you can '
+            f'write to.'
+        ) from e
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise ValueError(f'--workdir {workdir} is not writable: give a directory you can write to.')
+
+
+# What a resumed run must share with the run that wrote the checkpoint: everything that
+# decides the parameters' shapes, the loss, the data order and its tokens. The rest (steps,
+# schedule length, evaluation, logging, checkpoint cadence, mesh, workers) may change.
+RESUME_FIXED = (
+    'model',
+    'loss',
+    'tokenizer',
+    'batch_size',
+    'seed',
+    'imports',
+    'data.train',
+    'data.image_size',
+    'data.normalize',
+)
+# ... except how they are computed, which changes no result beyond float rounding.
+RESUME_FREE = ('model.dtype', 'model.remat', 'model.attention_impl', 'loss.impl', 'loss.chunk_size')
+
+
+def _get(tree: Mapping[str, Any], dotted: str) -> Any:
+    for key in dotted.split('.'):
+        if not isinstance(tree, Mapping) or key not in tree:
+            return '(absent)'
+        tree = tree[key]
+    return tree
+
+
+def _differences(old: Any, new: Any, where: str) -> list[str]:
+    if where in RESUME_FREE:
+        return []
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        if 'name' in old and old.get('name') != new.get('name'):  # Another method / tokenizer.
+            return [f"{where}.name: {old['name']!r} -> {new.get('name', '(absent)')!r}"]
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key, '(absent)'), new.get(key, '(absent)'), f'{where}.{key}')
+        return out
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 JSON lists.
+    return [] if norm(old) == norm(new) else [f'{where}: {old!r} -> {new!r}']
+
+
+def check_resume_config(saved: Mapping[str, Any], config, workdir: str) -> None:
+    """ValueError if `config` cannot resume the run whose resolved config is `saved`.
+
+    Names each changed field (up to 5) and both ways out: the run's own config, or a new
+    workdir (starting from the run's weights with `init_from` if wanted).
+    """
+    new = json.loads(json.dumps(config.to_dict(), default=str))
+    saved = json.loads(json.dumps(dict(saved), default=str))
+    changed = []
+    for field in RESUME_FIXED:
+        changed += _differences(_get(saved, field), _get(new, field), field)
+    if not changed:
+        return
+    shown = '; '.join(changed[:5]) + (f'; and {len(changed) - 5} more' if len(changed) > 5 else '')
+    raise ValueError(
+        f'--workdir {workdir} holds a run with another config ({shown}), so it cannot be '
+        f'resumed with this one. To continue that run, use its config: --config '
+        f'{os.path.join(workdir, "config.json")} (only steps, evaluation, logging and '
+        f'checkpointing may change). For a new run, use a new --workdir (add '
+        f'--config.init_from.path={workdir} to start from its weights). Nothing was written.'
+    )
+
+
+def write_config(workdir: str, config, step: int = 0) -> str | None:
+    """Writes `<workdir>/config.json` (process 0) and returns its path.
+
+    A config.json that differs (a resumed run with more steps, another evaluation) is
+    kept as `config.before_step_<step>.json`, never overwritten. Call it only once the run
+    is known to start: a run that refuses to start leaves the workdir as it was.
+    """
+    if not _is_writer():
+        return None
+    path = os.path.join(workdir, 'config.json')
+    new = json.loads(json.dumps(config.to_dict(), default=str))
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = None  # Unreadable: keep it aside all the same.
+        if old == new:
+            return path
+        kept = os.path.join(workdir, f'config.before_step_{step}.json')
+        n = 1
+        while os.path.exists(kept):
+            kept = os.path.join(workdir, f'config.before_step_{step}.{n}.json')
+            n += 1
+        os.replace(path, kept)
+    write_json(path, new)
+    return path
 
 
 class MetricsWriter:
@@ -98,6 +203,10 @@ class Progress:
         self._last_time = time.perf_counter()
         self._start = self._last_time
 
+    def restart(self, step: int) -> None:
+        """Measure from `step` on (after the first step, which includes compiling)."""
+        self._last_step, self._last_time = step, time.perf_counter()
+
     def measure(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
         steps = max(step - self._last_step, 1)
@@ -118,8 +227,11 @@ class Progress:
             if k in ('train/loss', 'train/lr', 'train/logit_scale')
         )
         elapsed = time.perf_counter() - self._start
+        skipped = int(metrics.get('data/skipped', 0) or 0)
+        # Examples the pipeline dropped (corrupt images, empty captions): the log names them.
+        bad = f'skipped={skipped} ' if skipped else ''
         print(
-            f'[step {step:>6}/{self.total_steps}] {shown} '
+            f'[step {step:>6}/{self.total_steps}] {shown} {bad}'
             f"{metrics.get('train/steps_per_s', float('nan')):.2f} steps/s "
             f"elapsed {format_duration(elapsed)} "
             f"ETA {format_duration(metrics.get('train/eta_s', float('nan')))}",

@@ -1,0 +1,329 @@
+"""What every `python -m alignjax.<tool>` shares: config overrides and one-line errors.
+
+**Config overrides.** `--config FILE[:ARG]` loads `get_config(ARG)` of a config file;
+`--config.a.b=VALUE` (or `--config.a.b VALUE`) then sets one field. The value is parsed as
+the type of the field it replaces (bool: true/false/1/0/yes/no; int; float; str; a tuple
+or list: a Python literal `(1, 2)` or comma-separated `a,b`; the literal `None` clears a
+field). A field that does not exist is an error naming the closest valid one, or listing
+them all, before anything runs. Two parts are open maps instead, checked when the config
+is resolved: `evals` (`--config.evals.NAME.type=zeroshot` adds an evaluator NAME, and
+`--config.evals.NAME.classnames=...` sets any field its type has) and `loss` (the chosen
+method's fields; `--config.loss.name=filip --config.loss.chunk_size=64`). Values given
+for new fields are Python literals where they parse as one, else strings.
+
+ml_collections' `config_flags` does the same for existing fields, but cannot add an
+evaluator, and a typo surfaces as its 57-line traceback; parsing here keeps one wording for
+every tool, applies the same overrides to a config stored in a run (`evaluate --workdir`)
+and lets a tool load its config only when it needs it.
+
+**Errors.** `run(main, argv)` runs a tool's absl `main`; a user error (ValueError, a file
+that is missing or not writable, a full disk, a missing optional dependency, Ctrl-C)
+becomes one `error: ...` line on stderr and exit status 1 (130 for Ctrl-C), with at most a
+few lines of context. `--debug` (or `ALIGNJAX_DEBUG=1`) shows the full traceback instead.
+Any other exception is a bug in alignjax and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import errno
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+from absl import app, flags
+
+from alignjax import config as config_lib
+from alignjax.validation import closest
+
+ConfigDict = ml_collections.ConfigDict
+
+DEBUG_ENV = 'ALIGNJAX_DEBUG'
+#: Optional dependencies -> the extra that installs them (setup.cfg).
+OPTIONAL_MODULES = {
+    'tensorflow_datasets': 'data',
+    'array_record': 'data',
+    'torch': 'torch',
+    'transformers': 'torch',
+    'ftfy': 'clip',
+}
+_CONTEXT_LINES = 4  # At most this many lines after the `error:` line.
+
+
+class UsageError(ValueError):
+    """A command line that cannot work (printed as one `error:` line)."""
+
+
+# --------------------------------------------------------------------------------------
+# Config overrides.
+
+
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """One `--config.a.b=value`: the field path and the value as typed."""
+
+    path: tuple[str, ...]
+    raw: str
+
+    @property
+    def flag(self) -> str:
+        return f'--config.{".".join(self.path)}'
+
+
+def split_overrides(argv: Sequence[str], name: str = 'config') -> tuple[list[str], list[Override]]:
+    """(argv without the `--<name>.*` overrides, the overrides in order)."""
+    prefix = f'--{name}.'
+    rest: list[str] = []
+    overrides: list[Override] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith(prefix):
+            key, eq, value = arg[len(prefix) :].partition('=')
+            if not eq:
+                if i + 1 >= len(args):
+                    raise UsageError(f'{arg} has no value: write {arg}=VALUE.')
+                i += 1
+                value = args[i]
+            path = tuple(key.split('.'))
+            if not all(path):
+                raise UsageError(f'{arg}: empty field name in {key!r}.')
+            overrides.append(Override(path, value))
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def load_config(spec: str) -> ConfigDict:
+    """The config of `FILE[:ARG]`: `get_config(ARG)` of a .py file, or a run's config.json.
+
+    One-line errors for a missing file and an unreadable JSON file.
+    """
+    path, _, arg = spec.partition(':')
+    if not os.path.isfile(path):
+        hint = ' (it is a directory)' if os.path.isdir(path) else ''
+        raise UsageError(
+            f'--config {spec}: no config file at {os.path.abspath(path)}{hint}; give a '
+            f'configs/*.py file (e.g. --config configs/demo.py) or a run\'s config.json.'
+        )
+    if path.endswith('.json'):
+        try:
+            with open(path) as f:
+                return ConfigDict(json.load(f))
+        except ValueError as e:
+            raise UsageError(f'--config {path} is not valid JSON ({e}).') from e
+    return config_lib.load_config_file(path, arg or None)
+
+
+def _literal(raw: str) -> Any:
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+_TRUE = ('true', '1', 'yes', 'on')
+_FALSE = ('false', '0', 'no', 'off')
+
+
+def parse_value(raw: str, current: Any, flag: str) -> Any:
+    """`raw` as the type of `current` (the value it replaces)."""
+
+    def bad(what: str) -> UsageError:
+        return UsageError(f'{flag}={raw}: expected {what} (the field holds {current!r}).')
+
+    if raw == 'None':
+        return None
+    if isinstance(current, bool):
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise bad('true or false')
+    if isinstance(current, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise bad('an integer') from None
+    if isinstance(current, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise bad('a number') from None
+    if isinstance(current, str):
+        return raw
+    if isinstance(current, (tuple, list)):
+        if raw.strip()[:1] in '([':
+            value = _literal(raw)
+            if not isinstance(value, (tuple, list)):
+                raise bad('a tuple such as (1, 2) or a,b')
+        else:
+            kind = type(current[0]) if current else None
+            items = [s.strip() for s in raw.split(',')] if raw.strip() else []
+            value = [parse_value(s, current[0], flag) if kind else _literal(s) for s in items]
+        return type(current)(value)
+    if isinstance(current, (ConfigDict, dict)):
+        value = _literal(raw)
+        if not isinstance(value, dict):
+            fields = ', '.join(sorted(current)) or '(none)'
+            raise UsageError(
+                f'{flag} is a section, not a value: set one of its fields, e.g. '
+                f'{flag}.FIELD=VALUE (fields: {fields}).'
+            )
+        return ConfigDict(value)
+    return _literal(raw)  # None or another type: a literal, else the string.
+
+
+def _opens_new(path: tuple[str, ...], depth: int) -> bool:
+    """May `path[depth]` name a field the config does not have yet?
+
+    `evals.NAME` (a new evaluator) and its fields, and `loss.FIELD` (the chosen method's
+    fields, which the config holds only once resolved): both are checked by `resolve`.
+    """
+    if path[0] == 'evals':
+        return depth in (1, 2) and len(path) == 3
+    return path[0] == 'loss' and depth == 1 and len(path) == 2
+
+
+def apply_overrides(config: ConfigDict, overrides: Sequence[Override]) -> ConfigDict:
+    """Sets each override on (an unlocked copy of) `config`; errors name the flag."""
+    config = ConfigDict(config.to_dict())
+    for o in overrides:
+        node, where = config, 'config'
+        for depth, key in enumerate(o.path[:-1]):
+            if key not in node:
+                if not _opens_new(o.path, depth):
+                    raise _unknown(o, where, key, node)
+                node[key] = ConfigDict()
+            elif not isinstance(node[key], (ConfigDict, dict)):
+                raise UsageError(
+                    f'{o.flag}: {where}.{key} is a value ({node[key]!r}), not a section.'
+                )
+            node, where = node[key], f'{where}.{key}'
+        leaf = o.path[-1]
+        if leaf in node:
+            node[leaf] = parse_value(o.raw, node[leaf], o.flag)
+        elif _opens_new(o.path, len(o.path) - 1):
+            node[leaf] = _literal(o.raw)
+        else:
+            raise _unknown(o, where, leaf, node)
+    return config
+
+
+def _unknown(o: Override, where: str, key: str, node: ConfigDict) -> UsageError:
+    valid = sorted(node.keys())
+    hint = closest(key, valid)
+    listed = '' if hint else f' Valid fields of {where}: {", ".join(valid) or "(none)"}.'
+    return UsageError(f'{o.flag}: {where} has no field {key!r}{hint}.{listed}')
+
+
+# --------------------------------------------------------------------------------------
+# Errors.
+
+
+def _chain(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def user_message(e: BaseException) -> str | None:
+    """The message to print for a user error, or None for a bug (keep the traceback)."""
+    for link in _chain(e):
+        if isinstance(link, OSError) and link.errno == errno.ENOSPC:
+            where = f' writing {link.filename}' if link.filename else ''
+            return (
+                f'No space left on device{where}. Free some space or use a --workdir on '
+                f'another disk, then run the same command: the last committed checkpoint is '
+                f'kept.'
+            )
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        top = e.name.split('.')[0]
+        if top in OPTIONAL_MODULES:
+            return (
+                f"This needs the optional package '{top}', which is not installed: "
+                f"pip install 'alignjax[{OPTIONAL_MODULES[top]}]'."
+            )
+        return None
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        if e.filename and e.strerror:
+            fix = {
+                FileNotFoundError: 'check the path',
+                PermissionError: 'check its permissions or use another directory',
+                IsADirectoryError: 'give a file, not a directory',
+                NotADirectoryError: 'a part of the path is a file: give a directory',
+            }[type(e)]
+            return f'{e.strerror}: {e.filename} ({fix}).'
+        return str(e)
+    if isinstance(e, FileExistsError) and e.filename:
+        return f'{e.strerror}: {e.filename} (it exists and is not a directory).'
+    if isinstance(e, (ValueError, FloatingPointError)):
+        return str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.strerror:
+        return f'{e.strerror}' + (f': {e.filename}' if e.filename else '')
+    return None
+
+
+def print_error(message: str, file=None) -> None:
+    """`error: <first line>` plus at most a few lines of context."""
+    file = file or sys.stderr
+    lines = [line for line in message.strip().splitlines() if line.strip()] or ['(no message)']
+    print(f'error: {lines[0]}', file=file)
+    for line in lines[1 : 1 + _CONTEXT_LINES]:
+        print(f'  {line}', file=file)
+    if len(lines) > 1 + _CONTEXT_LINES:
+        print(f'  ... ({len(lines) - 1 - _CONTEXT_LINES} more lines with --debug)', file=file)
+    file.flush()
+
+
+def debug_requested(argv: Sequence[str]) -> bool:
+    return '--debug' in argv or os.environ.get(DEBUG_ENV, '') not in ('', '0')
+
+
+def run(main: Callable[[list[str], list[Override]], Any], argv: Sequence[str] | None = None):
+    """Parses absl flags (minus `--config.*` overrides and `--debug`) and calls
+    `main(args, overrides)`, printing user errors as one line (see the module docstring).
+    """
+    argv = list(sys.argv if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != '--debug']
+    if 'debug' not in flags.FLAGS:
+        flags.DEFINE_bool('debug', False, f'Show tracebacks of errors (or set {DEBUG_ENV}=1).')
+
+    def fail(message: str, status: int = 1):
+        print_error(message)
+        sys.exit(status)
+
+    try:
+        argv, overrides = split_overrides(argv)
+    except UsageError as e:
+        fail(str(e))
+
+    def parse(args):
+        try:
+            return flags.FLAGS(args)
+        except flags.Error as e:
+            fail(f'{e} (see --help).')
+
+    def wrapped(args):
+        try:
+            return main(args, overrides)
+        except KeyboardInterrupt as e:
+            if debug:
+                raise
+            fail(f'interrupted: {e}' if str(e) else 'interrupted.', 130)
+        except Exception as e:  # noqa: BLE001 -- classified below; bugs are re-raised.
+            message = None if debug else user_message(e)
+            if message is None:
+                raise
+            fail(message)
+
+    app.run(wrapped, argv=argv, flags_parser=parse)
