@@ -159,7 +159,7 @@ def parse_value(raw: str, current: Any, flag: str) -> Any:
     if isinstance(current, str):
         return raw
     if isinstance(current, (tuple, list)):
-        if raw.strip()[:1] in '([':
+        if raw.strip()[:1] in ('(', '['):
             value = _literal(raw)
             if not isinstance(value, (tuple, list)):
                 raise bad('a tuple such as (1, 2) or a,b')
@@ -320,7 +320,7 @@ def run(main: Callable[[list[str], list[Override]], Any], argv: Sequence[str] | 
             if debug:
                 raise
             fail(f'interrupted: {e}' if str(e) else 'interrupted.', 130)
-        except Exception as e:  # noqa: BLE001 -- classified below; bugs are re-raised.
+        except Exception as e:
             message = None if debug else user_message(e)
             if message is None:
                 raise

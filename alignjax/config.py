@@ -2,8 +2,8 @@
 
 A config file (`configs/*.py`) defines `get_config(arg=None) -> ml_collections.ConfigDict`.
 It starts from `base_config()` and changes what it needs, so every field below exists in
-every training config and `--config.a.b=v` overrides are checked against them by
-ml_collections. `resolve(config)` then checks the whole tree against the defaults of each
+every training config and `--config.a.b=v` overrides are checked against them
+(`alignjax.cli`). `resolve(config)` then checks the whole tree against the defaults of each
 part (trainer, model, loss, optimizer, tokenizer, data): a misspelled or unknown field is an
 error that names the closest valid one, instead of a silently ignored setting.
 """

@@ -22,7 +22,8 @@ update and have no optimizer state (`optax.multi_transform` + `optax.set_to_zero
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

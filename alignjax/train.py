@@ -24,7 +24,8 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -35,12 +36,11 @@ import optax
 from absl import flags
 
 from alignjax import checkpoint as checkpoint_lib
-from alignjax import cli
+from alignjax import cli, objectives, optim, parallel, preemption
 from alignjax import config as config_lib
 from alignjax import data as data_lib
 from alignjax import evaluate as evaluate_lib
 from alignjax import init_from as init_from_lib
-from alignjax import objectives, optim, parallel, preemption
 from alignjax import state as state_lib
 from alignjax import workdir as workdir_lib
 from alignjax.state import TrainState
@@ -424,7 +424,9 @@ def dry_run(config: ConfigDict, workdir: str | None = None, devices=None, compil
     )
     sharding = parallel.batch_sharding(t.mesh)
     batch = {
-        k: jax.ShapeDtypeStruct((config.batch_size,) + np.shape(v)[1:], np.asarray(v).dtype, sharding=sharding)
+        k: jax.ShapeDtypeStruct(
+            (config.batch_size,) + np.shape(v)[1:], np.asarray(v).dtype, sharding=sharding
+        )
         for k, v in example.items()
     }
     _log(f'Lowering the train step for a global batch of {config.batch_size} ...')
@@ -457,7 +459,7 @@ def dry_run(config: ConfigDict, workdir: str | None = None, devices=None, compil
     config_path = os.path.join(workdir, 'config.json') if workdir else None
 
     gib = 2.0**30
-    lines = [f'Dry run: nothing was read from data or vocabulary files, nothing was written.']
+    lines = ['Dry run: nothing was read from data or vocabulary files, nothing was written.']
     lines += [f'  parameters ({name}): {n:,} ({n / 1e6:.1f}M)' for name, n in params.items()]
     lines.append(
         f'  mesh {dict(t.mesh.shape)} over {t.mesh.size} {jax.devices()[0].platform} devices'
@@ -470,8 +472,9 @@ def dry_run(config: ConfigDict, workdir: str | None = None, devices=None, compil
         )
     if workdir:
         lines.append(
-            f'  would resume from step {resume_step}' if resume_step is not None else
-            '  would start a new run'
+            f'  would resume from step {resume_step}'
+            if resume_step is not None
+            else '  would start a new run'
         )
         lines.append(f'  resolved config would be written to {config_path}')
     _log('\n'.join(lines))
@@ -524,9 +527,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
                 _log(line)
 
     step_fn = t.step_fn
-    evaluators = evaluate_lib.build_evaluators(
-        config, model, tokenizer, mesh, t.objective.scorers
-    )
+    evaluators = evaluate_lib.build_evaluators(config, model, tokenizer, mesh, t.objective.scorers)
     start = int(jax.device_get(state.step))
     # Only now is the run known to start: nothing in the workdir was touched before.
     workdir_lib.write_config(workdir, config, step=start)
@@ -688,13 +689,17 @@ def main(argv=None) -> None:
     `error:` line; SIGTERM / Ctrl-C save and exit 0 (a second Ctrl-C stops at once).
     """
     flags.DEFINE_string(
-        'config', None, 'Config file, e.g. configs/demo.py or configs/demo.py:arg; override '
-        'fields with --config.a.b=value.'
+        'config',
+        None,
+        'Config file, e.g. configs/demo.py or configs/demo.py:arg; override '
+        'fields with --config.a.b=value.',
     )
     flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, summary).')
     flags.DEFINE_bool(
-        'dry_run', False, 'Build the trainer, lower and compile the step, print the parameter '
-        'count and memory per device; read no data, write nothing.'
+        'dry_run',
+        False,
+        'Build the trainer, lower and compile the step, print the parameter '
+        'count and memory per device; read no data, write nothing.',
     )
     flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
     flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')

@@ -10,7 +10,8 @@ import math
 import os
 import sys
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -91,9 +92,11 @@ def _differences(old: Any, new: Any, where: str) -> list[str]:
             return [f"{where}.name: {old['name']!r} -> {new.get('name', '(absent)')!r}"]
         out = []
         for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key, '(absent)'), new.get(key, '(absent)'), f'{where}.{key}')
+            out += _differences(
+                old.get(key, '(absent)'), new.get(key, '(absent)'), f'{where}.{key}'
+            )
         return out
-    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 JSON lists.
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v
     return [] if norm(old) == norm(new) else [f'{where}: {old!r} -> {new!r}']
 
 

@@ -1,11 +1,8 @@
 """Every config in configs/ builds as written, says what it is, and steps on CPU.
 
-* As written (scale configs included): `config.resolve` accepts it and the train state's
-  abstract form builds on the 8 CPU devices (`jax.eval_shape` only: no B/16 weights are
-  materialised; data files and vocabularies are not read).
-* Shrunk (`shrink`: sizes only; pooling, text convention, loss and its implementation,
-  freezing and clamping stay as written): a batch of the real input pipeline through the
-  lowered train step.
+* As written (scale configs included): `train.dry_run` builds the trainer and lowers its
+  step for the config's global batch on the 8 CPU devices (abstract: no B/16 weights are
+  materialised; data files and vocabularies are not read), as `--dry_run` does.
 * `:runlocal` (the scale configs' own CPU variant, as written): 2 training steps with
   evaluation, and the same conventions as the config it shrinks.
 * The demo's default, `:clip` and `:siglip` resolve exactly to the configs recorded in
@@ -21,10 +18,9 @@ import math
 import os
 import re
 
-import jax
 import pytest
 
-from alignjax import data, parallel, state, train
+from alignjax import data, train
 from alignjax import workdir as workdir_lib
 from alignjax.config import load_config_file, resolve
 from alignjax.evaluate import classnames
@@ -74,43 +70,19 @@ def as_json(config):
     return json.loads(json.dumps(resolve(config).to_dict()))
 
 
-def shrink(c):
-    c.total_steps, c.batch_size = 2, 16
-    c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 1, 0, 2
-    c.grad_accum_steps = 1
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)
-    c.init_from.path = ''  # No pre-trained weights here (LiT names a placeholder).
-    # The embedded data, with the config's options (e.g. ?hard_negatives=true) kept.
-    options = c.data.train.partition('?')[2] if c.data.train.startswith('synthetic:') else ''
-    c.data.train = 'synthetic:shapes' + ('?' + options if options else '')
-    c.data.image_size, c.data.num_workers = 16, 0
-    c.tokenizer.vocab_size, c.tokenizer.context_length = 256, 8
-    c.tokenizer.name = 'word_hash'
-    c.optim.warmup_steps = 1
-    for tower in (c.model.image, c.model.text):
-        tower.variant = None
-        tower.width, tower.depth, tower.mlp_dim, tower.num_heads = 32, 1, 64, 2
-    c.model.image.patch_size = 4
-    c.model.text.vocab_size, c.model.text.context_length = 256, 8
-    c.model.embed_dim = 16 if c.model.image.head else 32
-    c.model.dtype = 'float32'
-    c.evals = {}  # Evaluation runs in the runlocal tests.
-    return c
-
-
 def test_config_list():
     assert {'demo', *SCALE} <= set(CONFIGS)
     assert set(OBJECTIVE_DATA) <= set(OBJECTIVES)
 
 
 @pytest.mark.parametrize('name, arg', [(n, None) for n in CONFIGS] + VARIANTS, ids=lambda x: str(x))
-def test_config_builds_as_written(name, arg):
-    """Resolves and builds its abstract train state unshrunk (B/16 included) on 8 devices."""
+def test_config_dry_runs_as_written(name, arg):
+    """What `--dry_run` does, unshrunk (B/16 included) on 8 devices: the trainer builds and
+    its step lowers for the config's global batch (not compiled: that costs ~40 s of CPU
+    each; the runlocal tests run real steps). No data or vocabulary file is read."""
     c = resolve(load(name, arg))
-    mesh = parallel.make_mesh(c.mesh, jax.devices())
-    parallel.check_batch_size(c.batch_size, mesh)
-    build = state.build_state(c, mesh)
-    n = sum(x.size for x in jax.tree_util.tree_leaves(build.abstract_state.params))
+    out = train.dry_run(c, None, compile=False)
+    n = out['params']['params']
     if name in PARAMS_M:
         assert round(n / 1e6, 1) == PARAMS_M[name]
 
@@ -133,25 +105,6 @@ def test_config_builds_as_written(name, arg):
         check_fields(ev, EVALUATORS[ev.type].FIELDS, f'evals.{ev_name}')
         if isinstance(ev.get('classnames'), str):
             assert classnames.get_classnames(ev.classnames)
-
-
-@pytest.mark.parametrize(
-    'name, arg', [(n, None) for n in CONFIGS] + VARIANTS[:2], ids=lambda x: str(x)
-)
-def test_config_steps_on_a_pipeline_batch(name, arg):
-    """Shrunk: a batch from the real input pipeline (with the objective's transforms) goes
-    through the train step, lowered on the 8-device mesh but not compiled (compiling a step
-    costs about 40 s of CPU whatever the model size; the runlocal tests run real steps)."""
-    c = shrink(load(name, arg))
-    t = train.build_trainer(c)
-    batch = t.global_batch(next(t.train_iterator()))
-    new_state, metrics = t.step_fn.lower(t.abstract_state, batch).out_info
-
-    def shapes(tree):
-        return jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), tree)
-
-    assert shapes(new_state.params) == shapes(t.abstract_state.params)
-    assert metrics['train/loss'].shape == ()
 
 
 @pytest.mark.slow  # About 60 s of CPU each, mostly compiling the train step and the init.
