@@ -178,19 +178,21 @@ def eval_file_name(step: int, weights: str = restore.PARAMS, n: int = 1) -> str:
 
 def check_writable(output_dir: str) -> None:
     """Fails now, before anything is computed, if results cannot be written to `output_dir`
-    (process 0 writes); creates the directory."""
-    if jax.process_index() != 0:
-        return
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir, prefix='.eval_write_test'):
-            pass
-    except OSError as e:
-        reason = e.strerror or str(e)
+    (process 0 writes; every process fails with it); creates the directory."""
+    problem = None
+    if jax.process_index() == 0:
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=output_dir, prefix='.eval_write_test'):
+                pass
+        except OSError as e:
+            problem = e
+    if not checkpoint_lib.all_processes_agree(problem is None):
+        reason = (problem.strerror or str(problem)) if problem else 'on process 0'
         raise ValueError(
             f'Cannot write the results to {output_dir} ({reason}); pass --output_dir DIR '
             f'with a writable directory.'
-        ) from e
+        ) from problem
 
 
 def run_evaluators(

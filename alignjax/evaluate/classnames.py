@@ -1322,20 +1322,21 @@ def _resolve(
     return items
 
 
-def get_classnames(value: str | Sequence[str]) -> list[str]:
+def get_classnames(value: str | Sequence[str], what: str = 'classnames') -> list[str]:
     """Class names from a built-in name ('imagenet', 'cifar10', 'cifar100'), a file, an
-    inline list ('cat,dog') or a list, in label order."""
-    return _resolve(value, CLASSNAMES, 'classnames')
+    inline list ('cat,dog') or a list, in label order. `what` names the value in errors
+    (e.g. 'evals.inet.classnames')."""
+    return _resolve(value, CLASSNAMES, what)
 
 
-def get_templates(value: str | Sequence[str]) -> list[str]:
+def get_templates(value: str | Sequence[str], what: str = 'templates') -> list[str]:
     """Templates from a built-in name ('imagenet', 'cifar', 'simple'), a file, an inline list
     ('a {}.|a photo of a {}.') or a list.
 
     Every template must contain one `{}` where the class name goes.
     """
     # One inline template is a list too: it has the class name's `{}`.
-    templates = _resolve(value, TEMPLATES, 'templates', lambda items: '{}' in value)
+    templates = _resolve(value, TEMPLATES, what, lambda items: '{}' in value)
     bad = [t for t in templates if t.count('{}') != 1]
     if bad:
         hint = (
@@ -1344,6 +1345,7 @@ def get_templates(value: str | Sequence[str]) -> list[str]:
             else ''
         )
         raise ValueError(
-            f'Templates must contain exactly one "{{}}" for the class name; got {bad[:3]}{hint}.'
+            f'{what}: every template must contain exactly one "{{}}" for the class name; got '
+            f'{bad[:3]}{hint}.'
         )
     return templates

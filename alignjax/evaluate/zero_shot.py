@@ -84,15 +84,12 @@ class ZeroShotEvaluator(base.Evaluator):
     def _tasks(self) -> dict[str, dict]:
         cfg, where = self.cfg, f'evals.{self.name}'
         if cfg.classnames is not None:
-            try:
-                names = classnames_lib.get_classnames(cfg.classnames)
-                templates = cfg.templates
-                if templates is None:
-                    default = cfg.classnames if isinstance(cfg.classnames, str) else ''
-                    templates = default if default in classnames_lib.TEMPLATES else 'simple'
-                templates = classnames_lib.get_templates(templates)
-            except ValueError as e:
-                raise ValueError(f'{where}: {e}') from e
+            names = classnames_lib.get_classnames(cfg.classnames, f'{where}.classnames')
+            templates = cfg.templates
+            if templates is None:
+                default = cfg.classnames if isinstance(cfg.classnames, str) else ''
+                templates = default if default in classnames_lib.TEMPLATES else 'simple'
+            templates = classnames_lib.get_templates(templates, f'{where}.templates')
             return {
                 '': {
                     'classnames': names,
@@ -105,8 +102,8 @@ class ZeroShotEvaluator(base.Evaluator):
         if get_tasks is None:
             raise ValueError(
                 f'{where}: source {cfg.data!r} defines no zero-shot tasks; set '
-                f"{where}.classnames (e.g. 'imagenet', a file, or a list) and "
-                f'{where}.label_key.'
+                f"{where}.classnames ('imagenet', a file, or a list such as 'cat,dog') and, "
+                f"if the label column is not 'label', {where}.label_key."
             )
         tasks = get_tasks()
         wanted = cfg.tasks or list(tasks)
@@ -116,10 +113,7 @@ class ZeroShotEvaluator(base.Evaluator):
             validation.check_choice(t, list(tasks), f'{where}.tasks')
         out = {t: dict(tasks[t]) for t in wanted}
         if cfg.templates is not None:
-            try:
-                templates = classnames_lib.get_templates(cfg.templates)
-            except ValueError as e:
-                raise ValueError(f'{where}.templates: {e}') from e
+            templates = classnames_lib.get_templates(cfg.templates, f'{where}.templates')
             for task in out.values():
                 task['templates'] = templates
         return out
