@@ -175,3 +175,99 @@ def test_clip_benchmark_adapter_embeds_like_the_evaluators(run, monkeypatch):
     clip_benchmark.register()
     assert fake.TYPE2FUNC['alignjax'] is clip_benchmark.load_alignjax
     assert fake.MODEL_TYPES == ['open_clip', 'alignjax']
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_cli_adds_an_evaluator_to_the_checkpoints_own_config(run, tmp_path):
+    """The documented syntax: `--checkpoint` alone (the checkpoint stores its config) and a
+    new evaluator from `--config.evals.NAME.FIELD=VALUE` flags, as strings."""
+    workdir, _ = run
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, 'tests')]))
+    out = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'alignjax.evaluate',
+            '--checkpoint',
+            os.path.join(workdir, 'checkpoints', '4'),
+            '--output_dir',
+            str(tmp_path),
+            '--config.evals.new.type=zeroshot',
+            '--config.evals.new.tasks=shape,color',
+            '--config.evals.new.templates=a {}.|the {}, seen.',
+            '--config.evals.new.num_examples=40',
+            '--config.evals.new.batch_size',
+            '16',
+            '--evals=new',
+        ],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'zeroshot/new_color/acc1' in out.stdout and 'zeroshot/zs_shape/acc1' not in out.stdout
+    assert out.stdout.index('zeroshot/new_shape/acc1') < out.stdout.index('Wrote ')
+    saved = _read_json(tmp_path / 'eval_4.json')
+    assert set(saved) >= {'zeroshot/new_shape/acc1', 'zeroshot/new_color/acc5'}
+
+
+def test_eval_overrides_and_the_stored_config(run, tmp_path):
+    workdir, _ = run
+    argv, overrides = cli.split_eval_overrides(
+        [
+            'prog',
+            '--workdir=w',
+            '--config.evals.a.type=zeroshot',
+            '--config.evals.zs.classnames',
+            'cat,dog',
+            '--config.evals.a.num_examples=8',
+        ]
+    )
+    assert argv == ['prog', '--workdir=w']
+    ckpt = os.path.join(workdir, 'checkpoints')
+    stored = cli.choose_config(None, None, ckpt, 2)  # Neither --config nor --workdir.
+    assert sorted(stored.evals) == ['lp', 'ret', 'zs']
+    config = cli.apply_eval_overrides(stored, overrides)
+    assert config.evals.a.to_dict() == {'type': 'zeroshot', 'num_examples': 8}
+    assert config.evals.zs.classnames == 'cat,dog' and 'classnames' not in stored.evals.zs
+    with pytest.raises(ValueError, match=r'--config.evals.a: set one field of an evaluator'):
+        cli.split_eval_overrides(['--config.evals.a=1'])
+    with pytest.raises(ValueError, match='stores no config.*pass --config FILE'):
+        cli.choose_config(None, None, str(tmp_path / 'checkpoints'), None)
+
+
+def test_unwritable_output_fails_before_evaluating(run, tmp_path, monkeypatch):
+    workdir, _ = run
+    (tmp_path / 'file').write_text('')
+    monkeypatch.setattr(restore, 'load_run', lambda *a, **k: pytest.fail('evaluated'))
+    config = restore.load_config(workdir)
+    with pytest.raises(ValueError, match=r'Cannot write the results to .*file/out.*--output_dir'):
+        cli.evaluate_checkpoint(
+            config, os.path.join(workdir, 'checkpoints'), output_dir=str(tmp_path / 'file/out')
+        )
+
+
+def test_results_are_never_overwritten_without_overwrite(tmp_path):
+    write = lambda value, **kw: cli.write_results(
+        str(tmp_path), 4, '/c', 'params', {'m': value}, **kw
+    )
+    assert write(1.0) == str(tmp_path / 'eval_4.json')
+    assert write(2.0) == str(tmp_path / 'eval_4.2.json')
+    assert write(3.0) == str(tmp_path / 'eval_4.3.json')
+    assert _read_json(tmp_path / 'eval_4.json')['m'] == 1.0
+    assert write(4.0, overwrite=True) == str(tmp_path / 'eval_4.json')
+    assert _read_json(tmp_path / 'eval_4.json')['m'] == 4.0
+    assert cli.write_results(str(tmp_path), 4, '/c', 'ema', {'m': 5.0}).endswith('eval_4_ema.json')
+    assert sorted(os.listdir(tmp_path)) == [
+        'eval_4.2.json',
+        'eval_4.3.json',
+        'eval_4.json',
+        'eval_4_ema.json',
+    ]

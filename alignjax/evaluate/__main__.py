@@ -2,34 +2,51 @@
 
   python -m alignjax.evaluate --workdir /tmp/demo                 # newest checkpoint
   python -m alignjax.evaluate --workdir /tmp/demo --step 1000
-  python -m alignjax.evaluate --checkpoint /tmp/demo/checkpoints/1000 --config configs/demo.py
-  python -m alignjax.evaluate --workdir /tmp/demo --config configs/demo.py \\
-      --config.evals.inet.type=zeroshot ...        # other evaluators than the run's
+  python -m alignjax.evaluate --checkpoint /tmp/demo/checkpoints/1000
+  python -m alignjax.evaluate --workdir /tmp/demo --config configs/demo.py --evals shapes
+  python -m alignjax.evaluate --workdir /tmp/demo \\
+      --config.evals.cifar.type=zeroshot --config.evals.cifar.data=tfds:cifar10 \\
+      --config.evals.cifar.classnames=cifar10 --evals cifar     # an evaluator of your own
 
-`--weights ema` evaluates the run's EMA copy (`config.ema`), or any other extra weight set
-of the train state; results then go to `eval_<step>_<weights>.json`.
+The config is the one the checkpoint stores (a run's `config.json` for checkpoints without
+one) unless `--config FILE` is given (then its `config.evals` are the evaluators and
+`--config.a.b=v` overrides work). `--config.evals.NAME.FIELD=VALUE` adds evaluator NAME or
+sets any field of its type, on either config; values are Python literals where they parse
+as one, else strings (`classnames=cat,dog,bird`, `classnames=/path/names.txt`,
+`templates='a photo of a {}.|a {}.'`; see docs/EVALUATION.md). `--evals a,b` runs only
+those. `--weights ema` evaluates the run's EMA copy (`config.ema`), or any other extra weight
+set of the train state.
 
-The config is the run's `<workdir>/config.json` unless `--config` is given (then its
-`config.evals` are the evaluators; `--config.a.b=v` overrides work). `--evals a,b` runs only
-those. Results go to `<output_dir>/eval_<step>.json` (default: the workdir, or the directory
-holding `checkpoints/` with `--checkpoint`) and are printed as a table. Multi-process: the
+Results are printed as a table, then written to `<output_dir>/eval_<step>.json`
+(`eval_<step>_<weights>.json` for an extra weight set; default directory: the workdir, or
+the directory holding `checkpoints/` with `--checkpoint`). An existing result is kept: the
+new one goes to `eval_<step>.2.json`, `.3.json`, ... unless `--overwrite`. An output
+directory that cannot be written fails before anything is computed. Multi-process: the
 same flags as `alignjax.train` (`--coordinator_address`, `--num_processes`, `--process_id`).
 """
 
 from __future__ import annotations
 
+import ast
+import errno
+import json
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Sequence
 
 import jax
 import ml_collections
 
+from alignjax import checkpoint as checkpoint_lib
 from alignjax import parallel, restore
 from alignjax import workdir as workdir_lib
 from alignjax.evaluate import evaluators as evaluators_lib
 
 ConfigDict = ml_collections.ConfigDict
+
+_EVALS_PREFIX = '--config.evals.'
 
 
 def locate_checkpoint(checkpoint: str | None, workdir: str | None, step: int | None):
@@ -43,22 +60,150 @@ def locate_checkpoint(checkpoint: str | None, workdir: str | None, step: int | N
             return os.path.dirname(path), int(base)
         return path, step
     if not workdir:
-        raise ValueError('Pass --workdir DIR (a training run) or --checkpoint PATH --config FILE.')
+        raise ValueError('Pass --workdir DIR (a training run) or --checkpoint PATH.')
     return os.path.join(workdir, 'checkpoints'), step
 
 
-def evaluate_checkpoint(
+# --------------------------------------------------------------------------------------
+# Which config: the checkpoint's own, a run's config.json, or --config; evaluator overrides.
+
+
+def checkpoint_config(checkpoint_dir: str, step: int | None) -> ConfigDict | None:
+    """The config stored with checkpoint `step` (None: the newest committed one), or None
+    when there is no such checkpoint or it stores none (older checkpoints).
+
+    One small function so that it can become `alignjax.restore.checkpoint_config`.
+    """
+    if step is None:
+        step = checkpoint_lib.newest_committed_step(checkpoint_dir)
+        if step is None:
+            return None
+    path = os.path.join(checkpoint_dir, str(step), 'config', 'metadata')
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return ConfigDict(json.load(f))
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f'The config stored with checkpoint {step} is damaged ({path}: {e}); pass --config '
+            f'FILE (the run config) or --step with an earlier checkpoint.'
+        ) from e
+
+
+def choose_config(
+    given: ConfigDict | None, workdir: str | None, checkpoint_dir: str, step: int | None
+) -> ConfigDict:
+    """`--config` if given, else the checkpoint's stored config, else `<run>/config.json`."""
+    if given is not None:
+        return given
+    stored = checkpoint_config(checkpoint_dir, step)
+    if stored is not None:
+        return stored
+    run_dir = workdir or os.path.dirname(checkpoint_dir)
+    if os.path.isfile(os.path.join(run_dir, 'config.json')):
+        return restore.load_config(run_dir)
+    raise ValueError(
+        f'The checkpoint in {checkpoint_dir} stores no config and there is no '
+        f'{os.path.join(run_dir, "config.json")}; pass --config FILE (the config it was '
+        f'trained with).'
+    )
+
+
+def split_eval_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[list[str], str]]]:
+    """(argv without them, [(['NAME', 'FIELD'], raw value)]) for each
+    `--config.evals.NAME.FIELD=VALUE` (or `... VALUE`) in `argv`.
+
+    config_flags can only set fields a config file already has, and only on `--config`:
+    these are applied here, to whichever config is evaluated (`apply_eval_overrides`).
+    """
+    rest, overrides = [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith(_EVALS_PREFIX):
+            rest.append(arg)
+            i += 1
+            continue
+        key, eq, value = arg[len(_EVALS_PREFIX) :].partition('=')
+        path = key.split('.')
+        if len(path) != 2 or not all(path):
+            raise ValueError(
+                f'{_EVALS_PREFIX}{key}: set one field of an evaluator, '
+                f'{_EVALS_PREFIX}NAME.FIELD=VALUE (e.g. --config.evals.inet.type=zeroshot).'
+            )
+        if not eq:
+            if i + 1 >= len(args):
+                raise ValueError(f'{arg} has no value: write {arg}=VALUE.')
+            i += 1
+            value = args[i]
+        overrides.append((path, value))
+        i += 1
+    return rest, overrides
+
+
+def _literal(raw: str):
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def apply_eval_overrides(config: ConfigDict, overrides) -> ConfigDict:
+    """A copy of `config` with each (['NAME', 'FIELD'], raw) set on `config.evals.NAME`
+    (created if new). The evaluator checks the fields and reads strings as their types."""
+    if not overrides:
+        return config
+    config = ConfigDict(config.to_dict())
+    if 'evals' not in config:
+        config.evals = ConfigDict()
+    for (name, field), raw in overrides:
+        if name not in config.evals:
+            config.evals[name] = ConfigDict()
+        config.evals[name][field] = _literal(raw)
+    return config
+
+
+# --------------------------------------------------------------------------------------
+# Evaluating and writing the results.
+
+
+def eval_file_name(step: int, weights: str = restore.PARAMS, n: int = 1) -> str:
+    """`eval_<step>.json` (`eval_<step>_<weights>.json` for an extra weight set); the n-th
+    result for the same step and weights is `eval_<step>[_<weights>].<n>.json`."""
+    stem = f'eval_{step}' if weights == restore.PARAMS else f'eval_{step}_{weights}'
+    return f'{stem}.json' if n == 1 else f'{stem}.{n}.json'
+
+
+def check_writable(output_dir: str) -> None:
+    """Fails now, before anything is computed, if results cannot be written to `output_dir`
+    (process 0 writes; every process fails with it); creates the directory."""
+    problem = None
+    if jax.process_index() == 0:
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=output_dir, prefix='.eval_write_test'):
+                pass
+        except OSError as e:
+            problem = e
+    if not checkpoint_lib.all_processes_agree(problem is None):
+        reason = (problem.strerror or str(problem)) if problem else 'on process 0'
+        raise ValueError(
+            f'Cannot write the results to {output_dir} ({reason}); pass --output_dir DIR '
+            f'with a writable directory.'
+        ) from problem
+
+
+def run_evaluators(
     config: ConfigDict,
     checkpoint_dir: str,
     step: int | None = None,
     only: list[str] | None = None,
-    output_dir: str | None = None,
     weights: str = restore.PARAMS,
 ) -> tuple[int, dict[str, float]]:
-    """Restores `step` (None: newest) from `checkpoint_dir`, runs the evaluators of
-    `config.evals` (or those named in `only`) on the weight set `weights` ('params', or an
-    extra set such as 'ema'), writes `eval_<step>.json` (`eval_<step>_<weights>.json` for an
-    extra set) to `output_dir` (process 0) and returns (step, metrics)."""
+    """Restores `step` (None: newest) and runs the evaluators of `config.evals` (or those
+    named in `only`) on the weight set `weights`; returns (step, metrics)."""
     if only:
         missing = [n for n in only if n not in config.evals]
         if missing:
@@ -69,8 +214,9 @@ def evaluate_checkpoint(
                 del config.evals[name]
     if not config.evals:
         raise ValueError(
-            'config.evals is empty: nothing to evaluate. Pass --config with evaluators, e.g. '
-            "configs/demo.py, or --config.evals.NAME.type=zeroshot ..."
+            'config.evals is empty: nothing to evaluate. Add an evaluator, e.g. '
+            '--config.evals.shapes.type=zeroshot --config.evals.shapes.data=synthetic:shapes, '
+            'or pass --config with evaluators (e.g. configs/demo.py).'
         )
     run = restore.load_run(config, checkpoint_dir, step, weights)
     evaluators = evaluators_lib.build_evaluators(
@@ -79,19 +225,68 @@ def evaluate_checkpoint(
     results: dict[str, float] = {}
     for ev in evaluators:
         results.update(ev.run(run.params))
-    step = run.step
-    if output_dir and jax.process_index() == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        record = {'step': step, 'checkpoint': os.path.join(checkpoint_dir, str(step))}
-        record['weights'] = weights
-        record.update({k: workdir_lib.to_python(v) for k, v in results.items()})
-        workdir_lib.write_json(os.path.join(output_dir, eval_file_name(step, weights)), record)
+    return run.step, results
+
+
+def write_results(
+    output_dir: str,
+    step: int,
+    checkpoint_dir: str,
+    weights: str,
+    results: dict[str, float],
+    overwrite: bool = False,
+) -> str | None:
+    """Writes the results (process 0) and returns the path; never replaces an earlier
+    result unless `overwrite` (the next free `eval_<step>.<n>.json` instead)."""
+    if jax.process_index() != 0:
+        return None
+    record = {'step': step, 'checkpoint': os.path.join(checkpoint_dir, str(step))}
+    record['weights'] = weights
+    record.update({k: workdir_lib.to_python(v) for k, v in results.items()})
+    os.makedirs(output_dir, exist_ok=True)
+    if overwrite:
+        path = os.path.join(output_dir, eval_file_name(step, weights))
+        workdir_lib.write_json(path, record)
+        return path
+    tmp = os.path.join(output_dir, f'.{eval_file_name(step, weights)}.tmp')
+    workdir_lib.write_json(tmp, record)
+    try:
+        n = 1
+        while True:
+            path = os.path.join(output_dir, eval_file_name(step, weights, n))
+            try:
+                os.link(tmp, path)  # Atomic, and fails rather than replace an existing file.
+                return path
+            except FileExistsError:
+                n += 1
+            except OSError as e:  # A file system without hard links.
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                if not os.path.exists(path):
+                    os.replace(tmp, path)
+                    return path
+                n += 1
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def evaluate_checkpoint(
+    config: ConfigDict,
+    checkpoint_dir: str,
+    step: int | None = None,
+    only: list[str] | None = None,
+    output_dir: str | None = None,
+    weights: str = restore.PARAMS,
+    overwrite: bool = False,
+) -> tuple[int, dict[str, float]]:
+    """`run_evaluators`, then `write_results` to `output_dir` (if given; checked first)."""
+    if output_dir:
+        check_writable(output_dir)
+    step, results = run_evaluators(config, checkpoint_dir, step, only, weights)
+    if output_dir:
+        write_results(output_dir, step, checkpoint_dir, weights, results, overwrite)
     return step, results
-
-
-def eval_file_name(step: int, weights: str = restore.PARAMS) -> str:
-    """`eval_<step>.json`, or `eval_<step>_<weights>.json` for an extra weight set."""
-    return f'eval_{step}.json' if weights == restore.PARAMS else f'eval_{step}_{weights}.json'
 
 
 def main(argv=None) -> None:
@@ -99,12 +294,13 @@ def main(argv=None) -> None:
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file(
-        'config', None, 'Config file (default: <workdir>/config.json).', lock_config=False
+        'config', None, "Config file (default: the checkpoint's own config).", lock_config=False
     )
     flags.DEFINE_string('workdir', None, 'Training run directory (config.json, checkpoints/).')
     flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
     flags.DEFINE_string('checkpoint', None, 'A checkpoints/ directory or one checkpoints/<step>.')
     flags.DEFINE_string('output_dir', None, 'Where eval_<step>.json goes (default: the workdir).')
+    flags.DEFINE_bool('overwrite', False, 'Replace eval_<step>.json instead of keeping it.')
     flags.DEFINE_list('evals', None, 'Run only these evaluators of config.evals.')
     flags.DEFINE_string(
         'weights', restore.PARAMS, "Weight set: 'params' (trained), or an extra set such as 'ema'."
@@ -113,31 +309,38 @@ def main(argv=None) -> None:
     flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
     flags.DEFINE_integer('process_id', None, "This process's index (multi-process).")
 
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        argv, eval_overrides = split_eval_overrides(argv)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+
     def run(_):
         logging.getLogger().setLevel(logging.WARNING)
         f = flags.FLAGS
         parallel.maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
         try:
             ckpt_dir, step = locate_checkpoint(f.checkpoint, f.workdir, f.step)
-            if f.config is not None:
-                config = f.config
-            elif f.workdir:
-                config = restore.load_config(f.workdir)
-            else:
-                raise ValueError('--checkpoint needs --config (or a --workdir with config.json).')
-            run_dir = f.workdir or os.path.dirname(ckpt_dir)
-            out_dir = f.output_dir or run_dir
-            step, results = evaluate_checkpoint(
-                config, ckpt_dir, step, f.evals, out_dir, f.weights
-            )
+            config = choose_config(f.config, f.workdir, ckpt_dir, step)
+            config = apply_eval_overrides(config, eval_overrides)
+            out_dir = f.output_dir or f.workdir or os.path.dirname(ckpt_dir)
+            check_writable(out_dir)
+            step, results = run_evaluators(config, ckpt_dir, step, f.evals, f.weights)
+            # The table first: a failed write loses nothing that was computed.
+            workdir_lib.print_table(f'Evaluation of step {step} ({f.weights})', results)
+            try:
+                path = write_results(out_dir, step, ckpt_dir, f.weights, results, f.overwrite)
+            except OSError as e:
+                raise ValueError(
+                    f'Could not write the results to {out_dir} ({e.strerror or e}); they are '
+                    f'printed above.'
+                ) from e
+            if path:
+                print(f'Wrote {path}')
         except ValueError as e:
             print(f'error: {e}', file=sys.stderr)
             sys.exit(1)
-        workdir_lib.print_table(
-            f'Evaluation of step {step} ({f.weights}) -> '
-            f'{os.path.join(out_dir, eval_file_name(step, f.weights))}',
-            results,
-        )
 
     app.run(run, argv=argv)
 

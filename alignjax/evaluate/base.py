@@ -1,14 +1,18 @@
-"""What every evaluator shares: config fields, the period, and the shared splits/encoders."""
+"""What every evaluator shares: config fields, the period, the shared splits/encoders, and
+the mapping of a split's labels to the evaluator's classes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 
 from alignjax import scoring
+from alignjax.data import csv_source
 from alignjax.evaluate import embed as embed_lib
 
 ConfigDict = ml_collections.ConfigDict
@@ -87,9 +91,14 @@ def query_chunk(chunk_size: int, scorer: scoring.Scorer) -> int:
     return min(chunk_size, scorer.query_chunk or chunk_size)
 
 
+def column_name(key: str) -> str:
+    """A `label_key` ('label', 'shape' or 'label_shape') -> its column ('label_label', ...)."""
+    return key if key.startswith('label_') else f'label_{key}'
+
+
 def label_column(key: str, labels: dict[str, Any], where: str) -> str:
     """'label' or 'label_label' -> 'label_label' if the split has it; else a clear error."""
-    column = key if key.startswith('label_') else f'label_{key}'
+    column = column_name(key)
     if column not in labels:
         names = sorted(k[len('label_') :] for k in labels)
         raise ValueError(
@@ -97,6 +106,124 @@ def label_column(key: str, labels: dict[str, Any], where: str) -> str:
             f'are {names or "none (the source yields no labels)"}.'
         )
     return column
+
+
+_TRUE, _FALSE = ('true', 'yes', '1', 'on'), ('false', 'no', '0', 'off')
+
+
+def coerce(value: Any, default: Any, where: str) -> Any:
+    """A field's value as the type of its default, when it came as a string.
+
+    The command line gives new evaluator fields as strings (`--config.evals.NAME.cache=false`,
+    `...weight_decays=1e-4,1e-2`); fields whose default is None keep strings (class names,
+    templates, data specs) except 'None' and integers (`num_examples=500`).
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f'{where}={value!r}: expected {what} (the default is {default!r}).')
+
+    if text == 'None':
+        return None
+    if isinstance(default, bool):
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise bad('true or false')
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise bad('an integer') from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise bad('a number') from None
+    if isinstance(default, (tuple, list)):
+        items = [v.strip() for v in text.strip('()[]').split(',') if v.strip()]
+        first = default[0] if default else None
+        return tuple(coerce(v, first, where) if first is not None else v for v in items)
+    if default is None and text.lstrip('-').isdigit():
+        return int(text)
+    return value
+
+
+def coerce_fields(ev: dict[str, Any], fields: dict[str, Any], where: str) -> dict[str, Any]:
+    """`ev` with each string value given as the type of its field's default (`coerce`)."""
+    return {k: coerce(v, fields[k], f'{where}.{k}') for k, v in ev.items()}
+
+
+def normalize_name(name: str) -> str:
+    """How class names are compared after an exact match fails: case, runs of spaces and
+    underscores (folder names such as 'golden_retriever') do not matter."""
+    return ' '.join(str(name).replace('_', ' ').split()).casefold()
+
+
+def match_names(names: Sequence[str], classnames: Sequence[str]) -> list[int | None]:
+    """For each of `names`, the index of the class it names (exact match first, then
+    `normalize_name`; the first of equal class names), or None."""
+    exact, loose = {}, {}
+    for i, c in enumerate(classnames):
+        exact.setdefault(c, i)
+        loose.setdefault(normalize_name(c), i)
+    return [exact.get(n, loose.get(normalize_name(n))) for n in names]
+
+
+def _shown(values: Sequence[Any], n: int = 5) -> str:
+    more = f' and {len(values) - n} more' if len(values) > n else ''
+    return f'{list(values[:n])}{more}'
+
+
+def class_ids(
+    labels: np.ndarray,
+    source: Any,
+    classnames: Sequence[str],
+    classnames_from: str,
+    where: str,
+    column: str,
+    data: str,
+) -> np.ndarray:
+    """The class index (into `classnames`) of each label of `column`.
+
+    A source whose label column holds class *names* says so with a `classnames` list (a
+    CSV/JSONL table: its names sorted, the label being the index; a TFDS ClassLabel: the
+    dataset's names). Labels are then matched by name, never by position: a table's labels
+    must all name a class; a TFDS dataset's are matched when every name matches and are
+    taken as class ids when none does (e.g. ImageNet's WordNet ids). Integer labels are
+    class ids and must lie in [0, len(classnames)). Anything else is a ValueError naming the
+    labels that match no class and where the class names came from (`classnames_from`,
+    e.g. "classnames='cifar10'").
+    """
+    n_cls = len(classnames)
+    names = getattr(source, 'classnames', None) if column == 'label_label' else None
+    if names is not None:
+        index = match_names(names, classnames)
+        unmatched = [n for n, i in zip(names, index) if i is None]
+        if not unmatched:
+            return np.asarray(index, np.int64)[labels]
+        # A table's numbers mean nothing without its names; a dataset's ids may still fit.
+        if isinstance(source, csv_source.TableSource) or len(unmatched) < len(names):
+            raise ValueError(
+                f'{where}: the labels {_shown(unmatched)} of {data} (column {column!r}) match '
+                f'none of the {n_cls} class names of {classnames_from}'
+                f' (e.g. {_shown(list(classnames), 3)}); use the same names (compared '
+                f'exactly, then ignoring case, spaces and underscores) or integer labels in '
+                f'class-name order.'
+            )
+    if labels.size and (labels.min() < 0 or labels.max() >= n_cls):
+        raise ValueError(
+            f'{where}: labels in {column!r} span [{labels.min()}, {labels.max()}] but there '
+            f'are {n_cls} class names ({classnames_from}); the list '
+            f'must cover every label, in order.'
+        )
+    return labels
+
+
+def shown_value(value: Any) -> str:
+    """A config value for a message: strings quoted, long lists cut."""
+    return repr(value) if isinstance(value, str) else _shown(list(value), 3)
 
 
 class Evaluator:

@@ -9,12 +9,15 @@
 - `CIFAR_TEMPLATES`: CLIP's 18 CIFAR templates (CLIP_benchmark's 'cifar10'/'cifar100').
 
 Templates use `str.format` syntax: `'a photo of a {}.'.format(classname)`.
-`get_classnames` / `get_templates` resolve a config value (a built-in name, a text file with
-one entry per line, or a list).
+`get_classnames` / `get_templates` resolve a config value: a built-in name, a file (text: one
+entry per line; `.json`: a list of strings), an inline list as the command line gives it
+(`'cat,dog,bird'`; entries separated by `|` instead when they contain commas, as templates
+may: `'a photo of a {}.|a {}, in a picture.'`), or a list.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 
@@ -1259,40 +1262,90 @@ TEMPLATES = {
 }
 
 
-def _resolve(value: str | Sequence[str], builtin: dict, what: str) -> list[str]:
+def _read_list_file(path: str, what: str) -> list[str]:
+    """A JSON list of strings (`.json`), else one entry per non-empty line."""
+    with open(path, encoding='utf-8-sig') as f:
+        text = f.read()
+    if path.endswith('.json'):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f'{what} file {path!r} is not valid JSON ({e}).') from e
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise ValueError(f'{what} file {path!r} must hold a JSON list of strings.')
+        items = [v.strip() for v in items]
+    else:
+        items = [line.strip() for line in text.splitlines() if line.strip()]
+    if not items:
+        raise ValueError(f'{what} file {path!r} is empty; put one entry per line.')
+    return items
+
+
+def split_inline(value: str) -> list[str]:
+    """`'a|b|c'` or `'a,b,c'` -> ['a', 'b', 'c'] ('|' wins: templates may hold commas)."""
+    sep = '|' if '|' in value else ','
+    return [v.strip() for v in value.split(sep) if v.strip()]
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.endswith(('.txt', '.json'))
+
+
+def _resolve(
+    value: str | Sequence[str], builtin: dict, what: str, inline_ok=lambda items: len(items) > 1
+) -> list[str]:
+    """A built-in list's name, a file (text: one entry per line; `.json`: a list), an
+    inline list ('a,b,c', or 'a|b|c' when entries contain commas: what the command line
+    gives), or a list of strings."""
     if isinstance(value, str):
         if value in builtin:
             return list(builtin[value])
-        if os.path.exists(value):
-            with open(value, encoding='utf-8') as f:
-                items = [line.strip() for line in f if line.strip()]
-            if not items:
-                raise ValueError(f'{what} file {value!r} is empty; put one entry per line.')
-            return items
-        raise ValueError(
-            f'{what} {value!r} is neither a built-in list ({sorted(builtin)}) nor an existing '
-            f'text file (one entry per line); pass one of those or a list of strings.'
-        )
+        if os.path.isfile(value):
+            return _read_list_file(value, what)
+        if _looks_like_path(value):
+            raise ValueError(
+                f'{what} file {value!r} does not exist; give an existing file (one entry per '
+                f'line, or a .json list), a built-in list ({sorted(builtin)}) or an inline '
+                f"list 'a,b,c'."
+            )
+        items = split_inline(value)
+        if not inline_ok(items):
+            raise ValueError(
+                f'{what} {value!r} is neither a built-in list ({sorted(builtin)}), an existing '
+                f"file (one entry per line, or a .json list) nor an inline list 'a,b,c' "
+                f"('a|b|c' when entries contain commas)."
+            )
+        return items
     items = [str(v) for v in value]
     if not items:
         raise ValueError(f'{what} is an empty list.')
     return items
 
 
-def get_classnames(value: str | Sequence[str]) -> list[str]:
-    """Class names from a built-in name ('imagenet', 'cifar10', 'cifar100'), a file or a list."""
-    return _resolve(value, CLASSNAMES, 'classnames')
+def get_classnames(value: str | Sequence[str], what: str = 'classnames') -> list[str]:
+    """Class names from a built-in name ('imagenet', 'cifar10', 'cifar100'), a file, an
+    inline list ('cat,dog') or a list, in label order. `what` names the value in errors
+    (e.g. 'evals.inet.classnames')."""
+    return _resolve(value, CLASSNAMES, what)
 
 
-def get_templates(value: str | Sequence[str]) -> list[str]:
-    """Templates from a built-in name ('imagenet', 'cifar', 'simple'), a file or a list.
+def get_templates(value: str | Sequence[str], what: str = 'templates') -> list[str]:
+    """Templates from a built-in name ('imagenet', 'cifar', 'simple'), a file, an inline list
+    ('a {}.|a photo of a {}.') or a list.
 
     Every template must contain one `{}` where the class name goes.
     """
-    templates = _resolve(value, TEMPLATES, 'templates')
+    # One inline template is a list too: it has the class name's `{}`.
+    templates = _resolve(value, TEMPLATES, what, lambda items: '{}' in value)
     bad = [t for t in templates if t.count('{}') != 1]
     if bad:
+        hint = (
+            " (inline templates are split at ','; separate them with '|' when they contain commas)"
+            if isinstance(value, str) and '|' not in value and ',' in value
+            else ''
+        )
         raise ValueError(
-            f'Templates must contain exactly one "{{}}" for the class name; got {bad[:3]}.'
+            f'{what}: every template must contain exactly one "{{}}" for the class name; got '
+            f'{bad[:3]}{hint}.'
         )
     return templates

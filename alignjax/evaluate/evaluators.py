@@ -12,7 +12,10 @@ An evaluator is configured under `config.evals.<name>`; `type` picks the class:
   )
 
 Each type's own fields are in its module (`zero_shot`, `retrieval`, `linear_probe`); an
-unknown field fails naming the valid ones. Every process reads and embeds only its shard of
+unknown field fails naming the valid ones. Values given as strings (the command line's
+`--config.evals.NAME.FIELD=VALUE` for a field the config did not have) are read as the type
+of the field's default (`base.coerce`): `cache=false`, `num_examples=500`,
+`weight_decays=1e-4,1e-2`. Every process reads and embeds only its shard of
 a split (`embed.EvalSplit`); embeddings are gathered to every host in source order and the
 similarities ranked on device (`ranks`), so the metrics do not depend on the number of
 processes or devices.
@@ -72,6 +75,7 @@ def build_evaluators(
         validation.check_choice(ev.get('type'), list(EVALUATORS), f'evals.{name}.type')
         cls = EVALUATORS[ev['type']]
         validation.check_fields(ev, cls.FIELDS, f'evals.{name}')
-        cfg = ConfigDict(dict(cls.FIELDS, **ev.to_dict()))
+        given = base.coerce_fields(ev.to_dict(), cls.FIELDS, f'evals.{name}')
+        cfg = ConfigDict(dict(cls.FIELDS, **given))
         out.append(cls(name, cfg, config, ctx))
     return out

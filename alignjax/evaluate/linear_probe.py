@@ -14,7 +14,9 @@ train split with that wd and scored on the evaluation split with CLIP_benchmark'
 
 Config (`config.evals.<name>`, type='linear_probe'): `data`, `split` (scored), `train_split`,
 `num_train_examples`, `label_key` (e.g. 'label', or 'shape' for the shapes data),
-`val_fraction`, `weight_decays`, `max_iters`, `tolerance`.
+`val_fraction`, `weight_decays`, `max_iters`, `tolerance`. A label column of class names (a
+CSV/JSONL table per split) is numbered by the train split's names in both splits; a scored
+label that never occurs in the train split is an error.
 Metrics: `linear_probe/<name>/{acc1, acc5, mean_per_class_recall, wd, val_acc1}`.
 
 The fit runs on one local device (features of every process are identical, so every process
@@ -169,6 +171,19 @@ class LinearProbeEvaluator(base.Evaluator):
         column = base.label_column(cfg.label_key, train.labels, where)
         base.label_column(cfg.label_key, test.labels, where)
         y_train, y_test = train.labels[column], test.labels[column]
+        names = getattr(self.train.source, 'classnames', None)
+        if column == 'label_label' and names is not None:
+            # Named labels are numbered per table: number the scored split's by the train
+            # split's names, so that a class is the same class in both.
+            y_test = base.class_ids(
+                y_test,
+                self.test.source,
+                names,
+                f'the train split {cfg.train_split!r}',
+                where,
+                column,
+                f'{cfg.data} (split {cfg.split!r})',
+            )
         num_classes = int(max(y_train.max(), y_test.max())) + 1
         wds = [float(w) for w in cfg.weight_decays]
         wd, val_acc = select_weight_decay(

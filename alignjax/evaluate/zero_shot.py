@@ -11,12 +11,17 @@ Metrics (CLIP_benchmark names), from the rank of each image's true class
 
 Config (`config.evals.<name>`, type='zeroshot'):
   classnames: None -> the source's own tasks (`source.zero_shot_tasks()`, e.g. the shapes
-              data's 'shape', 'color', 'size'; choose with `tasks`); or a built-in list
-              ('imagenet', 'cifar10', 'cifar100'), a text file (one name per line, in label
-              order) or a list of names.
+              data's 'shape', 'color', 'size'; choose with `tasks`, a list or 'shape,color');
+              or a built-in list ('imagenet', 'cifar10', 'cifar100'), a file (one name per
+              line, or a .json list; in label order), an inline 'cat,dog,bird' or a list.
   templates:  None -> the built-in templates of that name ('imagenet': CLIP's 80, 'cifar':
-              CLIP's 18), else 'simple' ('a photo of a {}.'); or a built-in name, file or list.
+              CLIP's 18), else 'simple' ('a photo of a {}.'); or a built-in name, file,
+              inline 'a {}.|a photo of a {}.' ('|' or ',' between templates) or list.
   label_key:  the label column with `classnames` ('label' for tfds:/csv:/jsonl: sources).
+              Integer labels are class indices; a column of class *names* (a CSV/JSONL
+              table, a TFDS ClassLabel) is matched to `classnames` by name (exactly, then
+              ignoring case, spaces and underscores), and a name that matches no class is
+              an error (`base.class_ids`).
 Metric names: `zeroshot/<name>/<metric>` with `classnames`, `zeroshot/<name>_<task>/<metric>`
 for the source's tasks.
 
@@ -63,6 +68,9 @@ class ZeroShotEvaluator(base.Evaluator):
         self.scorers = self.ctx.scorers
         self.split.add_scorers(self.scorers)
         self.tasks = self._tasks()
+        for t in self.tasks:  # Label names that match no class fail now, not after embedding.
+            column = base.column_name(self.tasks[t]['label_key'])
+            self.class_ids(t, {column: np.zeros((0,), np.int64)})
         tok = self.ctx.tokenizer
         # Tokenised prompts per task and prototype group: [C * T_g, L], class-major.
         self.prompts = {
@@ -76,34 +84,54 @@ class ZeroShotEvaluator(base.Evaluator):
     def _tasks(self) -> dict[str, dict]:
         cfg, where = self.cfg, f'evals.{self.name}'
         if cfg.classnames is not None:
-            names = classnames_lib.get_classnames(cfg.classnames)
+            names = classnames_lib.get_classnames(cfg.classnames, f'{where}.classnames')
             templates = cfg.templates
             if templates is None:
                 default = cfg.classnames if isinstance(cfg.classnames, str) else ''
                 templates = default if default in classnames_lib.TEMPLATES else 'simple'
+            templates = classnames_lib.get_templates(templates, f'{where}.templates')
             return {
                 '': {
                     'classnames': names,
-                    'templates': classnames_lib.get_templates(templates),
+                    'templates': templates,
                     'label_key': cfg.label_key,
+                    'classnames_from': f'classnames={base.shown_value(cfg.classnames)}',
                 }
             }
         get_tasks = getattr(self.split.source, 'zero_shot_tasks', None)
         if get_tasks is None:
             raise ValueError(
                 f'{where}: source {cfg.data!r} defines no zero-shot tasks; set '
-                f"{where}.classnames (e.g. 'imagenet', a file, or a list) and "
-                f'{where}.label_key.'
+                f"{where}.classnames ('imagenet', a file, or a list such as 'cat,dog') and, "
+                f"if the label column is not 'label', {where}.label_key."
             )
         tasks = get_tasks()
         wanted = cfg.tasks or list(tasks)
+        if isinstance(wanted, str):  # From the command line: 'shape,color'.
+            wanted = classnames_lib.split_inline(wanted)
         for t in wanted:
             validation.check_choice(t, list(tasks), f'{where}.tasks')
         out = {t: dict(tasks[t]) for t in wanted}
         if cfg.templates is not None:
+            templates = classnames_lib.get_templates(cfg.templates, f'{where}.templates')
             for task in out.values():
-                task['templates'] = classnames_lib.get_templates(cfg.templates)
+                task['templates'] = templates
         return out
+
+    def class_ids(self, task: str, labels: dict[str, np.ndarray]) -> np.ndarray:
+        """[N] the class index of each image of the split (`labels`: `Embeddings.labels`),
+        its label matched to the task's class names (`base.class_ids`)."""
+        spec, where = self.tasks[task], f'evals.{self.name}'
+        column = base.label_column(spec['label_key'], labels, where)
+        return base.class_ids(
+            labels[column],
+            self.split.source,
+            spec['classnames'],
+            spec.get('classnames_from', f'the task {task!r} of {self.cfg.data}'),
+            where,
+            column,
+            self.cfg.data,
+        )
 
     def class_embeddings(self, params, task: str) -> np.ndarray:
         """[G, C, D]: per prototype group and class, the renormalised mean of the normalised
@@ -162,16 +190,8 @@ class ZeroShotEvaluator(base.Evaluator):
     def run(self, params) -> dict[str, float]:
         emb = self.split.embed(params, with_text=False)
         out = {}
-        for t, task in self.tasks.items():
-            where = f'evals.{self.name}'
-            column = base.label_column(task['label_key'], emb.labels, where)
-            labels = emb.labels[column]
-            n_cls = len(task['classnames'])
-            if labels.min() < 0 or labels.max() >= n_cls:
-                raise ValueError(
-                    f'{where}: labels in {column!r} span [{labels.min()}, {labels.max()}] but '
-                    f'there are {n_cls} class names; the list must cover every label, in order.'
-                )
+        for t in self.tasks:
+            labels = self.class_ids(t, emb.labels)
             group = f'zeroshot/{self.name}' + (f'_{t}' if t else '')
             for scorer in self.scorers:
                 r = self._ranks(params, t, scorer, emb, labels)
