@@ -217,6 +217,11 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[Override]) -> Config
 
 
 def _unknown(o: Override, where: str, key: str, node: ConfigDict) -> UsageError:
+    if o.path[0] == 'evals' and len(o.path) == 2:
+        return UsageError(
+            f'{o.flag}: set one field of an evaluator, --config.evals.NAME.FIELD=VALUE (e.g. '
+            f'--config.evals.inet.type=zeroshot).'
+        )
     valid = sorted(node.keys())
     hint = closest(key, valid)
     listed = '' if hint else f' Valid fields of {where}: {", ".join(valid) or "(none)"}.'
@@ -288,6 +293,39 @@ def debug_requested(argv: Sequence[str]) -> bool:
     return '--debug' in argv or os.environ.get(DEBUG_ENV, '') not in ('', '0')
 
 
+def _fail(message: str, status: int = 1):
+    print_error(message)
+    sys.exit(status)
+
+
+def guard(fn: Callable[[], Any], debug: bool = False) -> Any:
+    """`fn()`, with a user error printed as one line and `sys.exit(1)` (130: Ctrl-C).
+
+    For tools with their own argument parser (argparse); `run` uses it for absl tools.
+    """
+    try:
+        return fn()
+    except KeyboardInterrupt as e:
+        if debug:
+            raise
+        _fail(f'interrupted: {e}' if str(e) else 'interrupted.', 130)
+    except Exception as e:
+        message = None if debug else user_message(e)
+        if message is None:
+            raise
+        _fail(message)
+
+
+def strip_debug(argv: Sequence[str] | None) -> tuple[list[str] | None, bool]:
+    """(argv without `--debug`, whether a traceback was asked for); None stays None
+    (argparse then reads sys.argv, from which `--debug` is removed too)."""
+    if argv is None:
+        debug = debug_requested(sys.argv)
+        sys.argv = [a for a in sys.argv if a != '--debug']
+        return None, debug
+    return [a for a in argv if a != '--debug'], debug_requested(argv)
+
+
 def run(main: Callable[[list[str], list[Override]], Any], argv: Sequence[str] | None = None):
     """Parses absl flags (minus `--config.*` overrides and `--debug`) and calls
     `main(args, overrides)`, printing user errors as one line (see the module docstring).
@@ -297,33 +335,15 @@ def run(main: Callable[[list[str], list[Override]], Any], argv: Sequence[str] | 
     argv = [a for a in argv if a != '--debug']
     if 'debug' not in flags.FLAGS:
         flags.DEFINE_bool('debug', False, f'Show tracebacks of errors (or set {DEBUG_ENV}=1).')
-
-    def fail(message: str, status: int = 1):
-        print_error(message)
-        sys.exit(status)
-
     try:
         argv, overrides = split_overrides(argv)
     except UsageError as e:
-        fail(str(e))
+        _fail(str(e))
 
     def parse(args):
         try:
             return flags.FLAGS(args)
         except flags.Error as e:
-            fail(f'{e} (see --help).')
+            _fail(f'{e} (see --help).')
 
-    def wrapped(args):
-        try:
-            return main(args, overrides)
-        except KeyboardInterrupt as e:
-            if debug:
-                raise
-            fail(f'interrupted: {e}' if str(e) else 'interrupted.', 130)
-        except Exception as e:
-            message = None if debug else user_message(e)
-            if message is None:
-                raise
-            fail(message)
-
-    app.run(wrapped, argv=argv, flags_parser=parse)
+    app.run(lambda args: guard(lambda: main(args, overrides), debug), argv=argv, flags_parser=parse)

@@ -174,6 +174,9 @@ def resolve(config: ConfigDict) -> ConfigDict:
     objectives.get(config.loss.name).check(config)
     for name, ev in config.evals.items():
         if 'type' not in ev:
-            raise ValueError(f"config.evals.{name} has no 'type'.")
+            raise ValueError(
+                f"config.evals.{name} has no 'type': add --config.evals.{name}.type=TYPE "
+                f"(zeroshot, retrieval, geometry or linear_probe)."
+            )
     config.lock()
     return config

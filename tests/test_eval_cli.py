@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import tiny_config
-from alignjax import data as data_lib, restore, train, workdir as workdir_lib
+from alignjax import cli as alignjax_cli, data as data_lib, restore, train, workdir as workdir_lib
 from alignjax.evaluate import __main__ as cli, clip_benchmark
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -220,7 +220,7 @@ def test_cli_adds_an_evaluator_to_the_checkpoints_own_config(run, tmp_path):
 
 def test_eval_overrides_and_the_stored_config(run, tmp_path):
     workdir, _ = run
-    argv, overrides = cli.split_eval_overrides(
+    argv, overrides = alignjax_cli.split_overrides(
         [
             'prog',
             '--workdir=w',
@@ -234,11 +234,12 @@ def test_eval_overrides_and_the_stored_config(run, tmp_path):
     ckpt = os.path.join(workdir, 'checkpoints')
     stored = cli.choose_config(None, None, ckpt, 2)  # Neither --config nor --workdir.
     assert sorted(stored.evals) == ['lp', 'ret', 'zs']
-    config = cli.apply_eval_overrides(stored, overrides)
+    config = alignjax_cli.apply_overrides(stored, overrides)
     assert config.evals.a.to_dict() == {'type': 'zeroshot', 'num_examples': 8}
     assert config.evals.zs.classnames == 'cat,dog' and 'classnames' not in stored.evals.zs
+    (bad,) = alignjax_cli.split_overrides(['--config.evals.a=1'])[1]
     with pytest.raises(ValueError, match=r'--config.evals.a: set one field of an evaluator'):
-        cli.split_eval_overrides(['--config.evals.a=1'])
+        alignjax_cli.apply_overrides(stored, [bad])
     with pytest.raises(ValueError, match='stores no config.*pass --config FILE'):
         cli.choose_config(None, None, str(tmp_path / 'checkpoints'), None)
 

@@ -27,26 +27,23 @@ same flags as `alignjax.train` (`--coordinator_address`, `--num_processes`, `--p
 
 from __future__ import annotations
 
-import ast
 import errno
 import json
 import logging
 import os
-import sys
 import tempfile
-from collections.abc import Sequence
 
 import jax
 import ml_collections
+from absl import flags
 
 from alignjax import checkpoint as checkpoint_lib
+from alignjax import cli
 from alignjax import parallel, restore
 from alignjax import workdir as workdir_lib
 from alignjax.evaluate import evaluators as evaluators_lib
 
 ConfigDict = ml_collections.ConfigDict
-
-_EVALS_PREFIX = '--config.evals.'
 
 
 def locate_checkpoint(checkpoint: str | None, workdir: str | None, step: int | None):
@@ -108,61 +105,6 @@ def choose_config(
         f'{os.path.join(run_dir, "config.json")}; pass --config FILE (the config it was '
         f'trained with).'
     )
-
-
-def split_eval_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[list[str], str]]]:
-    """(argv without them, [(['NAME', 'FIELD'], raw value)]) for each
-    `--config.evals.NAME.FIELD=VALUE` (or `... VALUE`) in `argv`.
-
-    config_flags can only set fields a config file already has, and only on `--config`:
-    these are applied here, to whichever config is evaluated (`apply_eval_overrides`).
-    """
-    rest, overrides = [], []
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith(_EVALS_PREFIX):
-            rest.append(arg)
-            i += 1
-            continue
-        key, eq, value = arg[len(_EVALS_PREFIX) :].partition('=')
-        path = key.split('.')
-        if len(path) != 2 or not all(path):
-            raise ValueError(
-                f'{_EVALS_PREFIX}{key}: set one field of an evaluator, '
-                f'{_EVALS_PREFIX}NAME.FIELD=VALUE (e.g. --config.evals.inet.type=zeroshot).'
-            )
-        if not eq:
-            if i + 1 >= len(args):
-                raise ValueError(f'{arg} has no value: write {arg}=VALUE.')
-            i += 1
-            value = args[i]
-        overrides.append((path, value))
-        i += 1
-    return rest, overrides
-
-
-def _literal(raw: str):
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw
-
-
-def apply_eval_overrides(config: ConfigDict, overrides) -> ConfigDict:
-    """A copy of `config` with each (['NAME', 'FIELD'], raw) set on `config.evals.NAME`
-    (created if new). The evaluator checks the fields and reads strings as their types."""
-    if not overrides:
-        return config
-    config = ConfigDict(config.to_dict())
-    if 'evals' not in config:
-        config.evals = ConfigDict()
-    for (name, field), raw in overrides:
-        if name not in config.evals:
-            config.evals[name] = ConfigDict()
-        config.evals[name][field] = _literal(raw)
-    return config
 
 
 # --------------------------------------------------------------------------------------
@@ -290,11 +232,11 @@ def evaluate_checkpoint(
 
 
 def main(argv=None) -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file(
-        'config', None, "Config file (default: the checkpoint's own config).", lock_config=False
+    """The command line (module docstring); overrides and errors: `alignjax.cli`."""
+    flags.DEFINE_string(
+        'config', None, "Config file or a run's config.json (default: the checkpoint's own "
+        'config); --config.a.b=v overrides any of its fields, --config.evals.NAME.FIELD=v '
+        'adds or configures an evaluator.'
     )
     flags.DEFINE_string('workdir', None, 'Training run directory (config.json, checkpoints/).')
     flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
@@ -309,40 +251,29 @@ def main(argv=None) -> None:
     flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
     flags.DEFINE_integer('process_id', None, "This process's index (multi-process).")
 
-    argv = list(sys.argv if argv is None else argv)
-    try:
-        argv, eval_overrides = split_eval_overrides(argv)
-    except ValueError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(1)
-
-    def run(_):
+    def run(_, overrides):
         logging.getLogger().setLevel(logging.WARNING)
         f = flags.FLAGS
         parallel.maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
+        ckpt_dir, step = locate_checkpoint(f.checkpoint, f.workdir, f.step)
+        given = cli.load_config(f.config) if f.config else None
+        config = cli.apply_overrides(choose_config(given, f.workdir, ckpt_dir, step), overrides)
+        out_dir = f.output_dir or f.workdir or os.path.dirname(ckpt_dir)
+        check_writable(out_dir)
+        step, results = run_evaluators(config, ckpt_dir, step, f.evals, f.weights)
+        # The table first: a failed write loses nothing that was computed.
+        workdir_lib.print_table(f'Evaluation of step {step} ({f.weights})', results)
         try:
-            ckpt_dir, step = locate_checkpoint(f.checkpoint, f.workdir, f.step)
-            config = choose_config(f.config, f.workdir, ckpt_dir, step)
-            config = apply_eval_overrides(config, eval_overrides)
-            out_dir = f.output_dir or f.workdir or os.path.dirname(ckpt_dir)
-            check_writable(out_dir)
-            step, results = run_evaluators(config, ckpt_dir, step, f.evals, f.weights)
-            # The table first: a failed write loses nothing that was computed.
-            workdir_lib.print_table(f'Evaluation of step {step} ({f.weights})', results)
-            try:
-                path = write_results(out_dir, step, ckpt_dir, f.weights, results, f.overwrite)
-            except OSError as e:
-                raise ValueError(
-                    f'Could not write the results to {out_dir} ({e.strerror or e}); they are '
-                    f'printed above.'
-                ) from e
-            if path:
-                print(f'Wrote {path}')
-        except ValueError as e:
-            print(f'error: {e}', file=sys.stderr)
-            sys.exit(1)
+            path = write_results(out_dir, step, ckpt_dir, f.weights, results, f.overwrite)
+        except OSError as e:
+            raise ValueError(
+                f'Could not write the results to {out_dir} ({e.strerror or e}); they are '
+                f'printed above.'
+            ) from e
+        if path:
+            print(f'Wrote {path}')
 
-    app.run(run, argv=argv)
+    cli.run(run, argv)
 
 
 if __name__ == '__main__':
