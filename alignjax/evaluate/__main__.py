@@ -38,8 +38,7 @@ import ml_collections
 from absl import flags
 
 from alignjax import checkpoint as checkpoint_lib
-from alignjax import cli
-from alignjax import parallel, restore
+from alignjax import cli, parallel, restore
 from alignjax import workdir as workdir_lib
 from alignjax.evaluate import evaluators as evaluators_lib
 
