@@ -123,8 +123,7 @@ def _source_id(source) -> str:
 def _where(source, index: int) -> str:
     """What to name for a bad example in the log: its file when the source knows it."""
     path = getattr(source, "image_path", None)
-    where = f"{source!r}[{index}]"
-    return f"{where} {path(index)}" if path is not None else where
+    return (path(index) or f"{source!r} row {index}") if path is not None else f"{source!r}[{index}]"
 
 
 def _preprocess_of(source) -> T.Preprocess:
