@@ -417,8 +417,11 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
 
     Checkpointing: ``get_state()`` -> JSON-able dict, ``set_state(state)``;
     ``get_state_json()`` / ``set_state_json(str)`` for the serialized form (store it with
-    e.g. ``orbax.checkpoint.args.JsonSave(it.get_state())``). The state is identical on
-    all processes. ``skipped_counts()`` -> examples skipped by this process, by reason.
+    e.g. ``orbax.checkpoint.args.JsonSave(it.get_state())``). The position in the state is
+    the same on all processes and means the same data for any number of processes or
+    workers; ``process_state`` selects a process's state from all saved ones.
+    ``skipped_counts()`` -> examples skipped by this process since the run started, by
+    reason (carried over ``set_state``).
     Call ``close()`` (or use ``with``) to stop worker processes.
     """
 
