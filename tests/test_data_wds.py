@@ -307,3 +307,30 @@ def test_no_error_printed_at_interpreter_exit(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "Exception ignored" not in out.stderr and "Error" not in out.stderr, out.stderr
+
+
+def test_a_stream_whose_only_shard_is_unreadable_takes_the_next_epoch(tmp_path, tok):
+    """Streams hold one shard each; one shard is cut before its first sample. Its stream
+    moves on to its next epoch's shard instead of stopping the run."""
+    spec = write_shards(tmp_path, [4, 4, 4])
+    shard = tmp_path / "001.tar"
+    shard.write_bytes(shard.read_bytes()[:600])
+    src = data.get_source(spec + "?buffer=2", "train", image_size=SIZE)
+    it = data.make_train_iterator(
+        src, tokenizer=tok, global_batch_size=3, seed=0, process_index=0, process_count=1
+    )
+    with it:
+        got = [n for _ in range(8) for n in numbers(next(it))]
+    assert len(got) == 24 and not set(got) & {4, 5, 6, 7}
+    for s in range(3):
+        (tmp_path / f"{s:03d}.tar").write_bytes(b"")
+    with pytest.raises(ValueError, match="all 3 shards are empty or unreadable"):
+        with data.make_train_iterator(
+            data.get_source(spec, "train", image_size=SIZE),
+            tokenizer=tok,
+            global_batch_size=3,
+            seed=0,
+            process_index=0,
+            process_count=1,
+        ) as it:
+            next(it)

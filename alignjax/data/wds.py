@@ -370,11 +370,13 @@ class WdsSource:
                 sum(self.count(s) for s in group)
                 for group in self.epoch_groups(epoch, stream, streams, seed)
             ]
-            if sum(totals) == 0:
-                raise RuntimeError(
-                    f"wds:{self.pattern}: stream {stream}/{streams} read no sample from its "
-                    f"shards in epoch {epoch}; the shards are empty or unreadable."
+            if sum(totals) == 0 and not any(self.count(s) for s in range(len(self.urls))):
+                raise ValueError(
+                    f"wds:{self.pattern}: all {len(self.urls)} shards are empty or unreadable "
+                    f"(see the warnings above); check or rewrite them."
                 )
+            # An epoch whose shards (for this stream) are all empty or unreadable adds no
+            # position: the stream goes on with its next epoch's shards.
             for g, total in enumerate(totals):
                 if pos < total:
                     return epoch, g, pos
