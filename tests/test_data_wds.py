@@ -140,7 +140,7 @@ def test_stream_bad_samples_counted_and_replaced(tmp_path, tok):
     assert len(set(got)) == 13  # the 3 replacements repeat good samples of their window
 
 
-def test_stream_resample_and_too_few_shards(tmp_path, tok):
+def test_stream_resample_and_streams_need_shards(tmp_path, tok):
     spec = write_shards(tmp_path, [3, 3])
     src = data.get_source(spec + "?buffer=3&resample=true", "train", image_size=SIZE)
     shards = [tuple(src.epoch_shards(e, 0, 1, seed=0)) for e in range(20)]
