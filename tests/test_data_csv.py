@@ -25,7 +25,7 @@ def test_byte_order_mark_is_dropped(tmp_path):
 
 @pytest.mark.parametrize("sep", [";", "\t", "|"])
 def test_other_separators_are_detected(tmp_path, sep):
-    path, rows = make_table(tmp_path, n=3, sep=sep, captions=["a, b", "c", "d, e, f"])
+    path, _ = make_table(tmp_path, n=3, sep=sep, captions=["a, b", "c", "d, e, f"])
     if path.endswith(".tsv"):  # sniffed from the header, not the file name
         path = path[: -len(".tsv")] + ".txt"
         (tmp_path / "data.tsv").rename(path)
@@ -46,11 +46,16 @@ def test_sep_line_and_sep_parameter(tmp_path):
 
 def test_unquoted_separator_in_a_caption_names_the_line(tmp_path):
     table = tmp_path / "t.csv"
-    table.write_text('filepath,title\nx.jpg,"quoted, fine"\ny.jpg,a trailing comma,\nz.jpg,red, round\n')
+    table.write_text(
+        'filepath,title\nx.jpg,"quoted, fine"\ny.jpg,a trailing comma,\nz.jpg,red, round\n'
+    )
     with pytest.raises(ValueError, match=r"t\.csv:4: 3 fields, but the header has 2 .*Quote"):
         data.get_source(f"csv:{table}", "train")
     table.write_text('filepath,title\nx.jpg,"quoted, fine"\ny.jpg,a trailing comma,\n')
-    assert _captions(data.get_source(f"csv:{table}", "train")) == ["quoted, fine", "a trailing comma"]
+    assert _captions(data.get_source(f"csv:{table}", "train")) == [
+        "quoted, fine",
+        "a trailing comma",
+    ]
 
 
 def test_not_utf8_says_how_to_save(tmp_path):

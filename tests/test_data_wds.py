@@ -324,13 +324,13 @@ def test_a_stream_whose_only_shard_is_unreadable_takes_the_next_epoch(tmp_path, 
     assert len(got) == 24 and not set(got) & {4, 5, 6, 7}
     for s in range(3):
         (tmp_path / f"{s:03d}.tar").write_bytes(b"")
-    with pytest.raises(ValueError, match="all 3 shards are empty or unreadable"):
-        with data.make_train_iterator(
-            data.get_source(spec, "train", image_size=SIZE),
-            tokenizer=tok,
-            global_batch_size=3,
-            seed=0,
-            process_index=0,
-            process_count=1,
-        ) as it:
-            next(it)
+    empty = data.make_train_iterator(
+        data.get_source(spec, "train", image_size=SIZE),
+        tokenizer=tok,
+        global_batch_size=3,
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
+    with empty, pytest.raises(ValueError, match="all 3 shards are empty or unreadable"):
+        next(empty)

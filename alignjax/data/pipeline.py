@@ -123,7 +123,9 @@ def _source_id(source) -> str:
 def _where(source, index: int) -> str:
     """What to name for a bad example in the log: its file when the source knows it."""
     path = getattr(source, "image_path", None)
-    return (path(index) or f"{source!r} row {index}") if path is not None else f"{source!r}[{index}]"
+    if path is None:
+        return f"{source!r}[{index}]"
+    return path(index) or f"{source!r} row {index}"
 
 
 def _preprocess_of(source) -> T.Preprocess:
@@ -569,8 +571,8 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
             raise ValueError(f"next_batch must be >= 0, got {next_batch}.")
         skipped = state.get("skipped") or {}
         unknown = sorted(set(skipped) - set(D.SKIP_REASONS))
-        if unknown:
-            raise ValueError(f"Unknown skip reasons {unknown} in the data state.")
+        if unknown:  # counters must never stop a resume
+            log.warning("data: skip reasons %s in the saved state are not counted.", unknown)
         self.close()
         self._next_batch = next_batch
         self._skipped = np.asarray([int(skipped.get(r, 0)) for r in D.SKIP_REASONS], np.int64)

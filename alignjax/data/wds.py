@@ -63,8 +63,8 @@ import functools
 import glob
 import itertools
 import json
-import math
 import logging
+import math
 import os
 import re
 import tarfile
@@ -122,7 +122,9 @@ def _expand_glob(pattern: str) -> list[str]:
 
         fs, _, _ = fsspec.get_fs_token_paths(pattern)
         protocol = pattern.split("://", 1)[0]
-        found = sorted(f"{protocol}://{p.split('://', 1)[-1].lstrip('/')}" for p in fs.glob(pattern))
+        found = sorted(
+            f"{protocol}://{p.split('://', 1)[-1].lstrip('/')}" for p in fs.glob(pattern)
+        )
     else:
         found = sorted(glob.glob(pattern.removeprefix("file://")))
     if not found:
@@ -443,8 +445,11 @@ class WdsSource:
             first = start - window * size if window * size < start else 0
             for i in range(first, size):
                 m = window * size + i
-                yield m, functools.partial(
-                    self._take, raw, perm, i, (stream, m), processor, max_attempts
+                yield (
+                    m,
+                    functools.partial(
+                        self._take, raw, perm, i, (stream, m), processor, max_attempts
+                    ),
                 )
             window += 1
 

@@ -116,7 +116,10 @@ def drop_uncaptioned(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 file=sys.stderr,
             )
     if dropped > MAX_REPORTED:
-        print(f"write: {dropped - MAX_REPORTED} more images without a caption left out.", file=sys.stderr)
+        print(
+            f"write: {dropped - MAX_REPORTED} more images without a caption left out.",
+            file=sys.stderr,
+        )
     return kept
 
 
