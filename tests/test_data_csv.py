@@ -63,3 +63,14 @@ def test_not_utf8_says_how_to_save(tmp_path):
     table.write_bytes("filepath,title\nx.jpg,café\n".encode("cp1252"))
     with pytest.raises(ValueError, match=r"t\.csv: not UTF-8 text .*save the table as UTF-8"):
         data.get_source(f"csv:{table}", "train")
+
+
+def test_a_quote_that_never_ends_is_an_error_not_lost_rows(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text('filepath,title\nx.jpg,"5" screen\ny.jpg,"hi\na.jpg,b\nc.jpg,d\ne.jpg,f\n')
+    with pytest.raises(ValueError, match=r"t\.csv:3: a quoted value runs to line 6 .*stray quote"):
+        data.get_source(f"csv:{table}", "train")
+    table.write_text('filepath,title\nx.jpg,"a caption\nover two lines, legitimately"\n')
+    assert _captions(data.get_source(f"csv:{table}", "train")) == [
+        "a caption\nover two lines, legitimately"
+    ]

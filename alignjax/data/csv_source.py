@@ -104,9 +104,12 @@ def read_table(path: str, fmt: str, sep: str | None = None) -> list[dict[str, An
         return []
     header = [h.strip() for h in header]
     rows = []
+    last_line = reader.line_num
     for fields in reader:
+        start, last_line = last_line + 1, reader.line_num
         if not fields:  # a blank line
             continue
+        _check_swallowed(path, fields, sep, len(header), start + offset, last_line + offset)
         while len(fields) > len(header) and not fields[-1].strip():
             fields.pop()  # a trailing separator ("a.jpg,a caption,"): nothing is cut
         if len(fields) > len(header):
@@ -119,6 +122,22 @@ def read_table(path: str, fmt: str, sep: str | None = None) -> list[dict[str, An
             )
         rows.append(dict(zip(header, fields + [None] * (len(header) - len(fields)))))
     return rows
+
+
+def _check_swallowed(path: str, fields, sep: str, width: int, start: int, end: int) -> None:
+    """Raises when a quoted value holds lines that look like rows: a value that starts with
+    a quote that never ends swallows the rows after it (silently, for the csv module)."""
+    if end - start < 2:
+        return
+    for value in fields:
+        rows = [line for line in value.split("\n")[1:] if line.count(sep) >= width - 1]
+        if len(rows) >= 2:
+            raise ValueError(
+                f"{path}:{start}: a quoted value runs to line {end} and holds {len(rows)} "
+                f"lines that look like rows: a quote that never ends (e.g. a caption "
+                f"starting with '\"'). Double the quotes inside a quoted value "
+                f'("a ""b"" c") or remove the stray quote.'
+            )
 
 
 class TableSource:
