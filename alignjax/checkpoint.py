@@ -42,6 +42,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from alignjax.data import pipeline as data_pipeline
+
 COMMIT_FILE = 'commit_success.txt'  # Orbax's commit marker (atomicity_types.COMMIT_SUCCESS_FILE).
 TMP_MARK = '.orbax-checkpoint-tmp'  # Orbax's suffix for a checkpoint still being written.
 ITEMS = ('state', 'data', 'config')
@@ -251,13 +253,13 @@ class Checkpointer:
         if len(states) == jax.process_count():
             return states[jax.process_index()]
         # Another number of processes: the position (global batches consumed) is the same in
-        # every process's state, so process 0's serves all.
+        # every process's state and serves all; the skip counts are summed into process 0's.
         log.info(
             'Data state saved by %d processes, restoring on %d: using process 0 position.',
             len(states),
             jax.process_count(),
         )
-        return states[0]
+        return data_pipeline.process_state(states, jax.process_index(), jax.process_count())
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Restores only `params` (cheaper than the whole state: no optimizer moments).

@@ -91,3 +91,14 @@ def test_stats(tmp_path, capsys):
     s = stats.dataset_stats(data.ShapesDataset("test", image_size=16), max_examples=50)
     assert s["measured"] == 50 and s["image_width"]["min"] == 16
     assert np.isfinite(s["caption_chars"]["mean"])
+
+
+def test_write_names_images_without_a_caption(tmp_path, capsys):
+    root = _folder(tmp_path)
+    os.remove(root / "cat" / "1.jpg".replace(".jpg", ".txt"))  # 1.jpg: no caption file
+    spec = write.main(["wds", "--input", str(root), "--output", str(tmp_path / "shards")])
+    out = capsys.readouterr()
+    line = f"write: {root / 'cat' / '1.jpg'} has no caption (no same-named .txt file"
+    assert line in out.err and out.err.count("has no caption") == 1
+    assert "wrote 5 samples in 1 shards (1 unreadable, 1 without a caption left out)" in out.out
+    assert len(data.get_source(spec, "train")) == 5

@@ -88,8 +88,8 @@ def _epoch_numbers(batches):
 
 
 def test_stream_epochs_split_and_resume(tmp_path, tok):
-    spec = write_shards(tmp_path, [6, 6, 6, 6])  # 24 samples
-    src = data.get_source(spec + "?buffer=4", "train", image_size=SIZE)
+    spec = write_shards(tmp_path, [6, 6, 6, 6])  # 24 samples; 4 streams of one shard each
+    src = data.get_source(spec + "?buffer=3", "train", image_size=SIZE)
 
     def run(p=0, pc=1, k=6, state=None, seed=0):
         it = data.make_train_iterator(
@@ -140,21 +140,15 @@ def test_stream_bad_samples_counted_and_replaced(tmp_path, tok):
     assert len(set(got)) == 13  # the 3 replacements repeat good samples of their window
 
 
-def test_stream_resample_and_too_few_shards(tmp_path, tok):
+def test_stream_resample_and_streams_need_shards(tmp_path, tok):
     spec = write_shards(tmp_path, [3, 3])
     src = data.get_source(spec + "?buffer=3&resample=true", "train", image_size=SIZE)
     shards = [tuple(src.epoch_shards(e, 0, 1, seed=0)) for e in range(20)]
     assert {len(s) for s in shards} == {2}
     assert any(s[0] == s[1] for s in shards)  # with replacement: some epochs repeat a shard
-    with pytest.raises(ValueError, match="2 shards for 3 streams"):
-        data.make_train_iterator(
-            data.get_source(spec, "train"),
-            tokenizer=tok,
-            global_batch_size=3,
-            seed=0,
-            process_index=0,
-            process_count=3,
-        )
+    with pytest.raises(ValueError, match=r"streams=3 needs at least as many shards.*has 2"):
+        data.get_source(spec + "?streams=3", "train")
+    assert data.get_source(spec + "?streams=3&resample=true", "train").num_streams == 3
 
 
 def test_stream_mixture(tmp_path, tok):
@@ -246,7 +240,7 @@ def test_fsspec_urls(tmp_path, tok):
 def test_stream_interleaves_cycle_shards_and_resumes_anywhere(tmp_path, tok):
     write_shards(tmp_path, [2, 3])  # shard 0: samples 0-1, shard 1: samples 2-4
     src = data.get_source(
-        f"wds:{tmp_path}/{{000..001}}.tar?buffer=1&cycle=2", "train", image_size=SIZE
+        f"wds:{tmp_path}/{{000..001}}.tar?buffer=1&cycle=2&streams=1", "train", image_size=SIZE
     )
 
     def run(k, start=0):
@@ -264,3 +258,79 @@ def test_stream_interleaves_cycle_shards_and_resumes_anywhere(tmp_path, tok):
     assert sorted(ref[5:]) == list(range(5))
     for start in (1, 3, 4, 6):
         assert run(3, start) == ref[start : start + 3], start
+
+
+def test_truncated_shard_warns_once(tmp_path, tok, caplog):
+    """A shard cut short (an interrupted copy) is met in every epoch: one warning names it."""
+    spec = write_shards(tmp_path, [6, 6])
+    shard = tmp_path / "001.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])
+    (tmp_path / "001_stats.json").write_text(json.dumps({"successes": 6}))
+    src = data.get_source(spec + "?buffer=6&streams=1&cycle=2", "train", image_size=SIZE)
+    it = data.make_train_iterator(
+        src, tokenizer=tok, global_batch_size=4, seed=0, process_index=0, process_count=1
+    )
+    with caplog.at_level("WARNING"), it:
+        for _ in range(9):  # three epochs
+            next(it)
+    broken = [r.getMessage() for r in caplog.records if "is broken" in r.getMessage()]
+    assert len(broken) == 1 and str(shard) in broken[0], broken
+    assert it.skipped_counts()["error"] > 0
+
+
+def test_glob_patterns(tmp_path):
+    write_shards(tmp_path, [2, 2, 2])
+    src = data.get_source(f"wds:{tmp_path}/*.tar", "train")
+    assert src.urls == [str(tmp_path / f"{i:03d}.tar") for i in range(3)]
+    assert wds.expand_pattern(f"{tmp_path}/00[02].tar::{tmp_path}/{{001..001}}.tar") == [
+        str(tmp_path / "000.tar"),
+        str(tmp_path / "002.tar"),
+        str(tmp_path / "001.tar"),
+    ]
+    with pytest.raises(ValueError, match=r"the glob '.*/nothing-\*\.tar' matches no file"):
+        data.get_source(f"wds:{tmp_path}/nothing-*.tar", "train")
+
+
+def test_no_error_printed_at_interpreter_exit(tmp_path):
+    """A stream left open (no close()) is torn down at exit without an 'Exception ignored'."""
+    import subprocess
+    import sys
+
+    spec = write_shards(tmp_path, [4, 4])
+    code = (
+        "from alignjax import data\n"
+        "tok = data.WordHashTokenizer(vocab_size=64, context_length=8)\n"
+        f"src = data.get_source({spec + '?buffer=2'!r}, 'train', image_size=8)\n"
+        "it = data.make_train_iterator(src, tokenizer=tok, global_batch_size=2, seed=0,"
+        " process_index=0, process_count=1)\n"
+        "next(it)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Exception ignored" not in out.stderr and "Error" not in out.stderr, out.stderr
+
+
+def test_a_stream_whose_only_shard_is_unreadable_takes_the_next_epoch(tmp_path, tok):
+    """Streams hold one shard each; one shard is cut before its first sample. Its stream
+    moves on to its next epoch's shard instead of stopping the run."""
+    spec = write_shards(tmp_path, [4, 4, 4])
+    shard = tmp_path / "001.tar"
+    shard.write_bytes(shard.read_bytes()[:600])
+    src = data.get_source(spec + "?buffer=2", "train", image_size=SIZE)
+    it = data.make_train_iterator(
+        src, tokenizer=tok, global_batch_size=3, seed=0, process_index=0, process_count=1
+    )
+    with it:
+        got = [n for _ in range(8) for n in numbers(next(it))]
+    assert len(got) == 24 and not set(got) & {4, 5, 6, 7}
+    for s in range(3):
+        (tmp_path / f"{s:03d}.tar").write_bytes(b"")
+    empty = data.make_train_iterator(
+        data.get_source(spec, "train", image_size=SIZE),
+        tokenizer=tok,
+        global_batch_size=3,
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
+    with empty, pytest.raises(ValueError, match="all 3 shards are empty or unreadable"):
+        next(empty)

@@ -7,8 +7,10 @@ image_key          image path column (default ``filepath``, open_clip's ``--csv-
 caption_key        caption column (default ``title``, open_clip's ``--csv-caption-key``); in
                    JSONL a list value gives several captions (one is drawn per step)
 label_key          optional integer (or class-name) label column -> ``labels['label']``
-sep                column separator (csv only); default: tab for ``.tsv`` files or when the
-                   header has a tab and no comma, else comma
+sep                column separator (csv only): a character or ``tab``, ``comma``,
+                   ``semicolon``, ``pipe``; default: a ``sep=X`` first line (spreadsheet
+                   programs write one), tab for ``.tsv`` files, else the one of tab, comma,
+                   semicolon and ``|`` most frequent in the header
 root               directory relative image paths are resolved against (default: the
                    table's own directory); absolute paths and URLs (``gs://``...) are kept
 =================  ==========================================================================
@@ -36,25 +38,44 @@ from alignjax.data import transforms as T
 __all__ = ["TableSource", "read_table"]
 
 
+_SEPARATORS = {"tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "\\t": "\t"}
+
+
 def _open_text(path: str) -> str:
-    if "://" in path and not path.startswith("file://"):
-        import fsspec  # pylint: disable=g-import-not-at-top
+    """The file's text; a UTF-8 byte-order mark (spreadsheet programs write one) dropped."""
+    try:
+        if "://" in path and not path.startswith("file://"):
+            import fsspec  # pylint: disable=g-import-not-at-top
 
-        with fsspec.open(path, "rt", encoding="utf-8") as f:
+            with fsspec.open(path, "rt", encoding="utf-8-sig", newline="") as f:
+                return f.read()
+        with open(path.removeprefix("file://"), encoding="utf-8-sig", newline="") as f:
             return f.read()
-    with open(path.removeprefix("file://"), encoding="utf-8", newline="") as f:
-        return f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            f"save the table as UTF-8 (in a spreadsheet program: 'CSV UTF-8')."
+        ) from None
 
 
-def _sniff_sep(path: str, text: str) -> str:
+def _sniff_sep(path: str, header: str) -> str:
+    """The separator: tab for ``.tsv``, else the one of tab, comma, semicolon and ``|``
+    that occurs most in the header (comma on a tie or none: a single-column table)."""
     if path.endswith(".tsv"):
         return "\t"
-    header = text.split("\n", 1)[0]
-    return "\t" if "\t" in header and "," not in header else ","
+    counts = {c: header.count(c) for c in (",", "\t", ";", "|")}
+    best = max(counts, key=lambda c: (counts[c], c == ","))
+    return best if counts[best] else ","
 
 
 def read_table(path: str, fmt: str, sep: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a CSV/TSV (with header) or JSONL file as dicts."""
+    """Rows of a CSV/TSV (with header) or JSONL file as dicts.
+
+    CSV: ``sep`` (a character, or ``tab``, ``comma``, ``semicolon``, ``pipe``) or, without
+    it, a ``sep=X`` first line (what spreadsheet programs write) or the separator sniffed
+    from the header (``_sniff_sep``). A row with more fields than the header (an unquoted
+    separator inside a caption, which would cut the caption) is an error naming the line.
+    """
     try:
         text = _open_text(path)
     except OSError as e:
@@ -68,8 +89,55 @@ def read_table(path: str, fmt: str, sep: str | None = None) -> list[dict[str, An
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{n}: not a JSON object: {e}") from None
         return rows
-    sep = sep or _sniff_sep(path, text)
-    return list(csv.DictReader(io.StringIO(text), delimiter=sep))
+    first, _, rest = text.partition("\n")
+    offset = 0
+    if first.rstrip("\r").lower().startswith("sep=") and len(first.rstrip("\r")) == 5:
+        sep, text, offset = sep or first[4], rest, 1
+    sep = _SEPARATORS.get(sep, sep) if sep else _sniff_sep(path, text.partition("\n")[0])
+    if len(sep) != 1:
+        raise ValueError(
+            f"{path}: sep={sep!r} must be one character (or tab, comma, semicolon, pipe)."
+        )
+    reader = csv.reader(io.StringIO(text), delimiter=sep, skipinitialspace=True)
+    header = next(reader, None)
+    if not header:
+        return []
+    header = [h.strip() for h in header]
+    rows = []
+    last_line = reader.line_num
+    for fields in reader:
+        start, last_line = last_line + 1, reader.line_num
+        if not fields:  # a blank line
+            continue
+        _check_swallowed(path, fields, sep, len(header), start + offset, last_line + offset)
+        while len(fields) > len(header) and not fields[-1].strip():
+            fields.pop()  # a trailing separator ("a.jpg,a caption,"): nothing is cut
+        if len(fields) > len(header):
+            name = {"\t": "tab", ",": "comma", ";": "semicolon"}.get(sep, repr(sep))
+            raise ValueError(
+                f"{path}:{reader.line_num + offset}: {len(fields)} fields, but the header has "
+                f"{len(header)} ({name}-separated): a value holds an unquoted {name}, which "
+                f"would cut it. Quote that value (\"a{sep} b\") or choose another separator "
+                f"(?sep= in the spec)."
+            )
+        rows.append(dict(zip(header, fields + [None] * (len(header) - len(fields)))))
+    return rows
+
+
+def _check_swallowed(path: str, fields, sep: str, width: int, start: int, end: int) -> None:
+    """Raises when a quoted value holds lines that look like rows: a value that starts with
+    a quote that never ends swallows the rows after it (silently, for the csv module)."""
+    if end - start < 2:
+        return
+    for value in fields:
+        rows = [line for line in value.split("\n")[1:] if line.count(sep) >= width - 1]
+        if len(rows) >= 2:
+            raise ValueError(
+                f"{path}:{start}: a quoted value runs to line {end} and holds {len(rows)} "
+                f"lines that look like rows: a quote that never ends (e.g. a caption "
+                f"starting with '\"'). Double the quotes inside a quoted value "
+                f'("a ""b"" c") or remove the stray quote.'
+            )
 
 
 class TableSource:

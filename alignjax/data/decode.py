@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import html
 import io
+import logging
 import math
 import re
 import unicodedata
@@ -38,9 +39,12 @@ __all__ = [
     "check_caption",
     "clean_caption",
     "decode_image",
+    "log_skip",
     "read_bytes",
     "skip_error",
 ]
+
+log = logging.getLogger("alignjax.data")
 
 #: Reasons an example is skipped, in the order of the per-example skip-count vector.
 SKIP_REASONS = (
@@ -69,6 +73,33 @@ class SkipExample(Exception):
 
 def reason_index(reason: str) -> int:
     return _REASON_INDEX[reason]
+
+
+#: Unusable examples logged per process (each once); the rest are only counted.
+MAX_LOGGED_SKIPS = 20
+_logged: set[str] = set()
+
+
+def log_skip(where: str, error: BaseException) -> None:
+    """Logs an unusable example once, naming it and the reason (``logging.warning``).
+
+    ``where``: the file, URL or shard key of the example (what a user would open to look).
+    At most ``MAX_LOGGED_SKIPS`` distinct examples are logged per process, then one line
+    says the rest are only counted, so a broken shard or a table of missing files does not
+    flood the log; ``TrainIterator.skipped_counts()`` (``data/skipped``) counts every one.
+    """
+    if where in _logged or len(_logged) > MAX_LOGGED_SKIPS:
+        return
+    _logged.add(where)
+    if len(_logged) > MAX_LOGGED_SKIPS:
+        log.warning(
+            "data: more than %d unusable examples; further ones are only counted "
+            "(data/skipped/<reason> in metrics.jsonl).",
+            MAX_LOGGED_SKIPS,
+        )
+        return
+    reason = error if isinstance(error, SkipExample) else f"error: {type(error).__name__}: {error}"
+    log.warning("data: skipped %s (%s)", where, reason)
 
 
 def skip_error(source, attempts: int, counts: np.ndarray, last: Exception | None) -> RuntimeError:

@@ -18,6 +18,8 @@ samples, which keeps resumption exact.
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import numpy as np
@@ -130,11 +132,19 @@ class MixtureStream:
         parts = ";".join(f"{w}*{c!r}" for w, c in zip(self.weights, self.components))
         return f"MixtureStream({parts})"
 
-    def check_streams(self, streams: int) -> None:
-        for c in self.components:
-            c.check_streams(streams)
+    @property
+    def num_streams(self) -> int:
+        """Streams of the mixture: the fewest of any component (each component then has
+        enough shards for every stream)."""
+        return min(c.num_streams for c in self.components)
+
+    def readers_per_stream(self, readers: int) -> int:
+        return readers // math.gcd(readers, self.num_streams)
 
     def iter_stream(self, stream: int, streams: int, *, start: int, processor, max_attempts: int):
+        """``(n, take)`` per mixture position ``n >= start`` of ``stream`` (as
+        ``WdsSource.iter_stream``); every component stream advances past the positions it
+        serves, decoding only those taken."""
         its = {}
         n = int(start)
         while True:
@@ -144,7 +154,12 @@ class MixtureStream:
                 its[c] = self.components[c].iter_stream(
                     stream, streams, start=pos, processor=processor, max_attempts=max_attempts
                 )
-            _, ex, counts = next(its[c])
-            ex["source_id"] = np.asarray(c, np.int32)
-            yield (stream, n), ex, counts
+            _, take = next(its[c])
+            yield n, functools.partial(_with_source_id, take, c)
             n += 1
+
+
+def _with_source_id(take, c: int):
+    ex, counts = take()
+    ex["source_id"] = np.asarray(c, np.int32)
+    return ex, counts

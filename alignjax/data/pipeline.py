@@ -13,17 +13,21 @@ Global batch ``k`` is elements ``[k*B, (k+1)*B)`` of the global index stream, wh
 number of processes: process ``p`` holds its elements ``p, p+P, p+2P, ...``. Processes never
 read each other's examples, and together they hold each global batch exactly once.
 
-Streams (``wds:``): see ``alignjax.data.wds``. Each process runs ``max(1, num_workers)``
-streams; global batch ``k`` of process ``p`` comes from its stream ``k % W``, which has
-produced exactly ``ceil((k - j) / W)`` batches before it, so its sample position is again a
-pure function of ``k``.
+Streams (``wds:``): see ``alignjax.data.wds``. The global stream interleaves the source's
+``V`` streams (position ``n``: stream ``n % V``, its position ``n // V``); process ``p`` takes
+positions ``p, p+P, ...`` of each global batch as above, and its grain worker ``w`` of ``W``
+every ``W``-th of them (grain interleaves the workers' elements; batching follows in the
+main process). Every position is again a pure function of the batch number.
 
 Checkpointing: everything before the prefetch is a pure function of the batch number, so the
-iterator's whole state is the number of batches it has returned. ``get_state()`` is a small
-JSON-able dict (the same on every process), ``set_state()`` restarts the pipeline at that
-batch. The state does not depend on grain's internal state format (which grain only promises
-to restore with the same code version), on ``num_workers`` / prefetching (random-access
-sources; streams need the same ``num_workers``), or on the number of processes.
+iterator's position is the number of batches it has returned. ``get_state()`` is a small
+JSON-able dict, ``set_state()`` restarts the pipeline at that batch. The position does not
+depend on grain's internal state format (which grain only promises to restore with the same
+code version), on ``num_workers`` / prefetching, or on the number of processes: a run can
+resume on another number of hosts or workers (an elastic resume; same global batch size)
+without repeating or skipping an example. The state also holds this process's skip counts
+(``skipped_counts()``), so ``data/skipped`` carries over a resume; ``process_state`` picks a
+process's state out of every process's saved one, also for another process count.
 
 Bad data: a source raises ``decode.SkipExample(reason)`` (or any exception) for an unusable
 example. Random-access pipelines then load a replacement index drawn from
@@ -51,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -68,7 +73,10 @@ __all__ = [
     "TrainIterator",
     "make_eval_batches",
     "make_train_iterator",
+    "process_state",
 ]
+
+log = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
 _SKIP_KEY = "_skipped"  # int32 [len(SKIP_REASONS)] per example; summed by TrainIterator
@@ -110,6 +118,14 @@ def _source_id(source) -> str:
     if getattr(source, "is_stream", False):
         return repr(source)
     return f"{source!r} len={len(source)}"
+
+
+def _where(source, index: int) -> str:
+    """What to name for a bad example in the log: its file when the source knows it."""
+    path = getattr(source, "image_path", None)
+    if path is None:
+        return f"{source!r}[{index}]"
+    return path(index) or f"{source!r} row {index}"
 
 
 def _preprocess_of(source) -> T.Preprocess:
@@ -290,6 +306,7 @@ class _LoadAndProcess(grain.transforms.MapWithIndex):
             except Exception as e:  # noqa: BLE001  (bad data must never stop a run)
                 counts[D.reason_index("error")] += 1
                 last = e
+            D.log_skip(_where(self.source, i), last)
             if self.max_attempts == 0:  # eval: no replacement, the row is masked out
                 out = {k: np.zeros_like(v) for k, v in self.template.items()}
                 out[_VALID_KEY], out[_SKIP_KEY] = np.asarray(False), counts
@@ -321,12 +338,12 @@ class _StreamIterator(grain.DatasetIterator):
 
 
 class _StreamDataset(grain.IterDataset):
-    """This process's stream for one grain worker, started at global batch ``start_batch``.
+    """This process's examples of the global stream from global batch ``start_batch``, as
+    read by one grain worker (unbatched: the batches are made after the workers).
 
     grain's ``mp_prefetch`` calls ``set_slice(slice(w, None, W))`` in worker ``w`` and then
-    returns batches round-robin from worker 0; so worker ``w`` produces global batches
-    ``start_batch + w + m*W``: those of stream ``j = (start_batch + w) % W``, which made
-    ``ceil((start_batch - j) / W)`` batches before ``start_batch``.
+    takes elements round-robin from worker 0 on; so worker ``w`` yields the process's local
+    elements ``j = start_batch * b + w + i*W``, i.e. global positions ``n = j*P + p``.
     """
 
     def __init__(
@@ -354,18 +371,31 @@ class _StreamDataset(grain.IterDataset):
         self._worker, self._workers = sl.start or 0, sl.step or 1
 
     def __iter__(self):
-        w, nw, k = self._worker, self._workers, self._start_batch
-        j = (k + w) % nw
-        done = (k - j + nw - 1) // nw if k > j else 0
-        stream = self._p * nw + j
-        it = self._source.iter_stream(
-            stream,
-            self._pc * nw,
-            start=done * self._b,
-            processor=self._processor,
-            max_attempts=self._max_attempts,
-        )
-        return _StreamIterator(it)
+        first = (self._start_batch * self._b + self._worker) * self._pc + self._p
+        step = self._pc * self._workers
+        return _StreamIterator(self._positions(first, step))
+
+    def _positions(self, n: int, step: int):
+        """``((stream, position), example, skip_counts)`` for global positions ``n, n+step, ...``."""
+        num = self._source.num_streams
+        streams = {}
+        while True:
+            v, pos = n % num, n // num
+            it = streams.get(v)
+            if it is None:
+                it = streams[v] = self._source.iter_stream(
+                    v,
+                    num,
+                    start=pos,
+                    processor=self._processor,
+                    max_attempts=self._max_attempts,
+                )
+            m, take = next(it)
+            while m < pos:  # positions of this stream that other readers take
+                m, take = next(it)
+            ex, counts = take()
+            yield (v, pos), ex, counts
+            n += step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,8 +419,11 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
 
     Checkpointing: ``get_state()`` -> JSON-able dict, ``set_state(state)``;
     ``get_state_json()`` / ``set_state_json(str)`` for the serialized form (store it with
-    e.g. ``orbax.checkpoint.args.JsonSave(it.get_state())``). The state is identical on
-    all processes. ``skipped_counts()`` -> examples skipped by this process, by reason.
+    e.g. ``orbax.checkpoint.args.JsonSave(it.get_state())``). The position in the state is
+    the same on all processes and means the same data for any number of processes or
+    workers; ``process_state`` selects a process's state from all saved ones.
+    ``skipped_counts()`` -> examples skipped by this process since the run started, by
+    reason (carried over ``set_state``).
     Call ``close()`` (or use ``with``) to stop worker processes.
     """
 
@@ -402,8 +435,12 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         num_threads: int,
         prefetch_buffer: int,
         fingerprint: dict[str, Any],
+        batch_after: int = 0,
     ):
+        """``build(start_batch)``: the pipeline from that batch on (batched, or, with
+        ``batch_after``, single examples batched by that many after the workers)."""
         self._build = build
+        self._batch_after = int(batch_after)
         self._num_workers = int(num_workers)
         self._num_threads = int(num_threads)
         self._prefetch_buffer = int(prefetch_buffer)
@@ -428,13 +465,16 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
             # grain reads its absl flags when it starts workers: without absl.app.run
             # (notebooks, pytest) that raises UnparsedFlagAccessError in this process too.
             _ensure_absl_flags_parsed()
+            per_batch = max(1, self._batch_after // self._num_workers)
             ds = ds.mp_prefetch(
                 grain.MultiprocessingOptions(
                     num_workers=self._num_workers,
-                    per_worker_buffer_size=max(self._prefetch_buffer, 1),
+                    per_worker_buffer_size=max(self._prefetch_buffer, 1) * per_batch,
                 ),
                 worker_init_fn=_init_worker,
             )
+        if self._batch_after:
+            ds = ds.batch(self._batch_after, drop_remainder=True)
         self._it = iter(ds)
 
     def start_prefetch(self) -> None:
@@ -459,8 +499,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         return batch
 
     def skipped_counts(self) -> dict[str, int]:
-        """Examples this process skipped (and replaced) since the iterator was created, by
-        reason (``decode.SKIP_REASONS``; zero counts included)."""
+        """Examples this process skipped (and replaced) since the run started, by reason
+        (``decode.SKIP_REASONS``; zero counts included). Carried over ``set_state``: the
+        counts saved with the state are the starting point."""
         return {r: int(c) for r, c in zip(D.SKIP_REASONS, self._skipped)}
 
     def close(self) -> None:
@@ -487,17 +528,23 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         return self._next_batch
 
     def get_state(self) -> dict[str, Any]:
-        """JSON-able state: ``{'version', 'next_batch', 'seed', 'global_batch_size', 'source'}``."""
+        """JSON-able state: ``{'version', 'next_batch', 'seed', 'global_batch_size', 'source',
+        'process_count', 'skipped'}``. All but ``skipped`` (this process's counts, by
+        reason) are the same on every process."""
         return {
             "version": _STATE_VERSION,
             "next_batch": self._next_batch,
             "seed": self._fingerprint["seed"],
             "global_batch_size": self._fingerprint["global_batch_size"],
             "source": self._fingerprint["source"],
+            "process_count": self._fingerprint["process_count"],
+            "skipped": self.skipped_counts(),
         }
 
     def set_state(self, state: dict[str, Any], strict: bool = True) -> None:
-        """Restores ``get_state()``'s output: the next batch is batch ``state['next_batch']``.
+        """Restores ``get_state()``'s output: the next batch is batch ``state['next_batch']``,
+        and the skip counts continue from ``state['skipped']``. The state may come from
+        another number of processes or workers (see ``process_state``).
 
         With ``strict`` (default) a state saved by a pipeline with another seed, global batch
         size or source is refused (ValueError naming the differences), since its batch
@@ -522,8 +569,13 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         next_batch = int(state["next_batch"])
         if next_batch < 0:
             raise ValueError(f"next_batch must be >= 0, got {next_batch}.")
+        skipped = state.get("skipped") or {}
+        unknown = sorted(set(skipped) - set(D.SKIP_REASONS))
+        if unknown:  # counters must never stop a resume
+            log.warning("data: skip reasons %s in the saved state are not counted.", unknown)
         self.close()
         self._next_batch = next_batch
+        self._skipped = np.asarray([int(skipped.get(r, 0)) for r in D.SKIP_REASONS], np.int64)
 
     def get_state_json(self) -> str:
         return json.dumps(self.get_state(), sort_keys=True)
@@ -616,10 +668,25 @@ def make_train_iterator(
         "process_count": process_count,
     }
 
+    batch_after = 0
     if getattr(source, "is_stream", False):
-        streams = process_count * max(1, num_workers)
-        source.check_streams(streams)
-        fingerprint["source"] += f" streams={streams}"
+        readers = process_count * max(1, num_workers)
+        shared = source.readers_per_stream(readers)
+        if shared > 1 and process_index == 0:
+            log.warning(
+                "data: %d readers (%d processes x %d workers) over %d streams of %r: each "
+                "stream is read by %d readers (%dx the reading). A number of processes x "
+                "workers that divides the streams reads each once; ?streams= sets the "
+                "streams, and changing it changes the data order (only at the start of a run).",
+                readers,
+                process_count,
+                max(1, num_workers),
+                source.num_streams,
+                source,
+                shared,
+                shared,
+            )
+        batch_after = local_batch_size
 
         def build(start_batch: int):
             ds = _StreamDataset(
@@ -631,8 +698,7 @@ def make_train_iterator(
                 local_batch_size=local_batch_size,
                 max_attempts=max_skip_attempts,
             )
-            ds = ds.map(_FinishStream(processor))
-            return ds.batch(local_batch_size, drop_remainder=True)
+            return ds.map(_FinishStream(processor))
 
     else:
         if len(source) == 0:
@@ -659,7 +725,35 @@ def make_train_iterator(
         num_threads=num_threads,
         prefetch_buffer=prefetch_buffer,
         fingerprint=fingerprint,
+        batch_after=batch_after,
     )
+
+
+def process_state(
+    states: Sequence[dict[str, Any]], process_index: int, process_count: int
+) -> dict[str, Any]:
+    """Process ``process_index`` of ``process_count``'s state from every process's saved
+    ``get_state()``.
+
+    ``states``: the saved states in process order (a checkpoint's list), possibly written by
+    another number of processes than now (an elastic resume). The same number: the
+    process's own state. Another: the position (``next_batch``) is the same in every state
+    and serves all processes; the skip counts of all saved processes are summed into
+    process 0's state and the others start at 0, so the counts summed over processes (the
+    trainer's ``data/skipped``) carry over.
+    """
+    states = list(states)
+    if not states:
+        raise ValueError("No data iterator state saved.")
+    if len(states) == process_count:
+        return dict(states[process_index])
+    own = dict(states[0])
+    total: dict[str, int] = {}
+    for s in states:
+        for reason, n in (s.get("skipped") or {}).items():
+            total[reason] = total.get(reason, 0) + int(n)
+    own["skipped"] = total if process_index == 0 else {}
+    return own
 
 
 # --- eval --------------------------------------------------------------------------------

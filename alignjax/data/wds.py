@@ -5,40 +5,53 @@ of the file name): ``000012.jpg`` + ``000012.txt`` (+ ``000012.json``, ``000012.
 Images: jpg/jpeg/png/webp (first found); caption: ``.txt``, else the ``caption`` (or
 ``captions``) field of ``.json``; optional integer label: ``.cls``.
 
-Spec: ``wds:/data/laion/{00000..01023}.tar?buffer=2000&resample=true`` -- brace ranges and
-lists (``{a,b}``), ``::`` between several patterns, ``{split}`` replaced by the split,
-local paths or fsspec URLs (``gs://bucket/shards/{000..099}.tar``; gcsfs/s3fs must be
-installed for those). Parameters: ``buffer`` (shuffle window, samples; default 2000),
+Spec: ``wds:/data/laion/{00000..01023}.tar?buffer=500&resample=true`` -- brace ranges and
+lists (``{a,b}``), globs (``*``, ``[...]``; sorted, an error when one matches nothing),
+``::`` between several patterns, ``{split}`` replaced by the split, local paths or fsspec
+URLs (``gs://bucket/shards/{000..099}.tar``; gcsfs/s3fs must be installed for those).
+Parameters: ``streams`` (the number of streams the data is cut into; default
+``min(16, shards)``), ``buffer`` (shuffle window of a stream, samples; default 500),
 ``cycle`` (shards read interleaved by a stream; default 4), ``resample`` (draw shards with
 replacement each epoch), ``caption_key`` (json field), plus the ``transforms.Preprocess``
 fields as for ``csv:``.
 
-How the stream is split, shuffled and checkpointed
----------------------------------------------------
-Each process runs ``W = max(1, num_workers)`` streams; stream ``g = process * W + worker``
-of ``S = processes * W``. Epoch ``e`` permutes the shards with ``rng(seed, e)`` and stream
-``g`` reads shards ``perm[g::S]`` in order (``resample``: ``len(perm[g::S])`` shards drawn
-with replacement by ``rng(seed, e, g)``), so in every epoch each shard is read by exactly one
-stream: nothing lost, nothing duplicated, across processes and workers. Streams run through
-their epochs independently.
+How the data is ordered, split and checkpointed
+-----------------------------------------------
+The order of the samples is a function of the seed, the shards and the parameters alone:
+not of the number of processes or workers, so a run can resume on another number of hosts
+(an elastic resume) and continue exactly where it stopped.
 
+*Streams.* The data is cut into ``V = streams`` streams. Epoch ``e`` permutes the shards
+with ``rng(seed, e)`` and stream ``v`` reads shards ``perm[v::V]`` in order (``resample``:
+``len(perm[v::V])`` shards drawn with replacement by ``rng(seed, e, v)``), so in every epoch
+each shard is read by exactly one stream. Streams run through their epochs independently.
 A stream reads its shard list in groups of ``cycle`` shards, interleaved round-robin (one
 sample of each shard with samples left per round), so a window mixes ``cycle`` shards.
-Within a stream, sample positions ``n = 0, 1, 2, ...`` are cut into windows of ``buffer``
-consecutive samples; window ``w`` is emitted in the order ``rng(seed, g, w).permutation``.
+Within a stream, sample positions ``m = 0, 1, 2, ...`` are cut into windows of ``buffer``
+consecutive samples; window ``w`` is emitted in the order ``rng(seed, v, w).permutation``.
 (A sliding shuffle buffer would make the output depend on the whole history; a window only on
 its own samples.) An unusable sample (undecodable, no caption, ...) is replaced by the next
 usable one of the same window, so every position is filled.
 
-The position of stream ``g`` after ``k`` global batches is a pure function of ``k`` (see
-``pipeline``), and position ``n`` maps to (epoch, shard, offset) through the shards' sample
+*The global stream* interleaves the streams: global position ``n`` is position ``n // V``
+of stream ``n % V``. Global batch ``k`` is positions ``[k*B, (k+1)*B)``, and the checkpointed
+state is just ``k``. Process ``p`` of ``P`` takes positions ``n = p (mod P)`` (as for
+random-access sources), and its grain worker ``w`` of ``W`` every ``W``-th of those: the
+``R = P * W`` readers each take every ``R``-th position. A reader opens only the streams its
+positions fall in; when ``R`` divides ``V`` every stream has exactly one reader. Otherwise
+several readers read the same stream (each decoding only its own positions): correct, but
+more reading (a warning says how much); choose ``streams`` as a multiple of the process x
+worker counts a run may use (e.g. 16 or 64).
+
+Stream position ``m`` maps to (epoch, shard group, offset) through the shards' sample
 counts: from img2dataset's ``<shard>_stats.json`` (``successes``) when present, else from
 one pass over the tar headers (cached; cheap for local files, a full read for remote ones).
 The round-robin order inside a group depends only on these counts, so where each shard of
 the group stands is arithmetic. Resuming re-reads the current window's shards from their
-start, skipping the data of earlier samples without decoding. Hence the iterator state stays "number of batches", identical
-on all processes; a resumed run must use the same ``num_workers`` and process count (the
-state's ``source`` fingerprint records ``streams=S`` and a mismatch is refused).
+start, skipping the data of earlier samples without decoding.
+
+Memory: a reader holds one window (``buffer`` raw samples) per stream it reads, i.e. about
+``V / P * buffer`` encoded samples per process.
 
 For evaluation and ``stats`` a ``WdsSource`` is also random access (``len``, ``[i]``)
 through an index of member offsets built on first use.
@@ -46,9 +59,12 @@ through an index of member offsets built on first use.
 
 from __future__ import annotations
 
+import functools
+import glob
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import tarfile
@@ -65,18 +81,27 @@ __all__ = ["IMAGE_EXTS", "WdsSource", "expand_pattern", "iter_tar_samples", "sha
 
 log = logging.getLogger(__name__)
 
+DEFAULT_STREAMS = 16
+_TAR_ERRORS = (OSError, tarfile.TarError, EOFError)
+_GLOB = re.compile(r"[*\[]")
+_warned_shards: set[str] = set()  # shards already reported broken by this process
+
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 
 def expand_pattern(pattern: str) -> list[str]:
-    """``'a/{000..002}.tar::b/{x,y}.tar'`` -> the 5 URLs (zero padding kept), in order."""
+    """``'a/{000..002}.tar::b/{x,y}.tar'`` -> the 5 URLs (zero padding kept), in order.
+
+    Globs (``*``, ``[...]``) expand to the matching files, sorted; a glob that matches
+    nothing raises ValueError. (``?`` cannot be a glob: it starts the spec's parameters.)
+    """
     out = []
     for part in pattern.split("::"):
         m = _BRACE.search(part)
         if not m:
-            out.append(part)
+            out.extend(_expand_glob(part) if _GLOB.search(part) else [part])
             continue
         body = m.group(1)
         rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
@@ -89,6 +114,25 @@ def expand_pattern(pattern: str) -> list[str]:
         for c in choices:
             out.extend(expand_pattern(part[: m.start()] + c + part[m.end() :]))
     return out
+
+
+def _expand_glob(pattern: str) -> list[str]:
+    if _is_url(pattern):
+        import fsspec  # pylint: disable=g-import-not-at-top
+
+        fs, _, _ = fsspec.get_fs_token_paths(pattern)
+        protocol = pattern.split("://", 1)[0]
+        found = sorted(
+            f"{protocol}://{p.split('://', 1)[-1].lstrip('/')}" for p in fs.glob(pattern)
+        )
+    else:
+        found = sorted(glob.glob(pattern.removeprefix("file://")))
+    if not found:
+        raise ValueError(
+            f"wds: the glob {pattern!r} matches no file; check the path (or list the shards "
+            f"with a brace range, e.g. {{00000..00099}}.tar)."
+        )
+    return found
 
 
 def _is_url(path: str) -> bool:
@@ -155,9 +199,24 @@ def shard_count(url: str) -> int:
     try:
         for _ in iter_tar_samples(url, with_data=False):
             n += 1
-    except (OSError, tarfile.TarError, EOFError) as e:
-        log.warning("wds: shard %s unreadable after %d samples: %s", url, n, e)
+    except _TAR_ERRORS as e:
+        _warn_broken(url, n, f"{type(e).__name__}: {e}")
     return n
+
+
+def _warn_broken(url: str, n: int, why: str) -> None:
+    """Warns once per process about a truncated or unreadable shard (it is met again in
+    every epoch and by every resume)."""
+    if url in _warned_shards:
+        return
+    _warned_shards.add(url)
+    log.warning(
+        "wds: shard %s is broken after %d samples (%s); its remaining samples are "
+        "skipped (counted in data/skipped/error). Re-download or rewrite the shard.",
+        url,
+        n,
+        why,
+    )
 
 
 def _round_robin(counts: list[int]):
@@ -184,7 +243,8 @@ class WdsSource:
         pattern: str,
         split: str = "train",
         *,
-        buffer: int = 2000,
+        streams: int | None = None,
+        buffer: int = 500,
         cycle: int = 4,
         resample: bool = False,
         caption_key: str = "caption",
@@ -195,8 +255,8 @@ class WdsSource:
         self.preprocess = T.Preprocess.from_kwargs(kwargs)
         if kwargs:
             raise TypeError(
-                f"Unknown wds: source parameters {sorted(kwargs)}; valid: buffer, cycle, resample, "
-                f"caption_key and the Preprocess fields {list(T.Preprocess.__dataclass_fields__)}."
+                f"Unknown wds: source parameters {sorted(kwargs)}; valid: streams, buffer, cycle, "
+                f"resample, caption_key and the Preprocess fields {list(T.Preprocess.__dataclass_fields__)}."
             )
         self.pattern = pattern.replace("{split}", split)
         self.urls = expand_pattern(self.pattern)
@@ -219,14 +279,25 @@ class WdsSource:
             raise ValueError(f"wds cycle must be >= 1, got {cycle}.")
         self.cycle = int(cycle)
         self.resample = bool(resample)
+        if streams is None:
+            streams = DEFAULT_STREAMS if self.resample else min(DEFAULT_STREAMS, len(self.urls))
+        if int(streams) < 1:
+            raise ValueError(f"wds streams must be >= 1, got {streams}.")
+        if not self.resample and int(streams) > len(self.urls):
+            raise ValueError(
+                f"wds:{self.pattern}: streams={streams} needs at least as many shards, and "
+                f"it has {len(self.urls)}; set ?streams={len(self.urls)} or fewer (or "
+                f"?resample=true)."
+            )
+        self.num_streams = int(streams)
         self.caption_key = caption_key
         self._counts: dict[str, int] = {}
         self._index = None
 
     def __repr__(self) -> str:
         return (
-            f"WdsSource('wds:{self.pattern}', buffer={self.buffer}, cycle={self.cycle}, "
-            f"resample={self.resample})"
+            f"WdsSource('wds:{self.pattern}', streams={self.num_streams}, "
+            f"buffer={self.buffer}, cycle={self.cycle}, resample={self.resample})"
         )
 
     def __getstate__(self):
@@ -274,13 +345,10 @@ class WdsSource:
             self._counts[url] = shard_count(url)
         return self._counts[url]
 
-    def check_streams(self, streams: int) -> None:
-        if not self.resample and len(self.urls) < streams:
-            raise ValueError(
-                f"wds:{self.pattern} has {len(self.urls)} shards for {streams} streams "
-                f"(processes x max(1, num_workers)); every stream needs a shard. Use fewer "
-                f"workers, more shards, or ?resample=true."
-            )
+    def readers_per_stream(self, readers: int) -> int:
+        """How many of ``readers`` (processes x workers) read each stream (1: no stream is
+        read twice; see the module docstring)."""
+        return readers // math.gcd(readers, self.num_streams)
 
     def epoch_shards(self, epoch: int, stream: int, streams: int, seed: int) -> list[int]:
         n = len(self.urls)
@@ -304,11 +372,13 @@ class WdsSource:
                 sum(self.count(s) for s in group)
                 for group in self.epoch_groups(epoch, stream, streams, seed)
             ]
-            if sum(totals) == 0:
-                raise RuntimeError(
-                    f"wds:{self.pattern}: stream {stream}/{streams} read no sample from its "
-                    f"shards in epoch {epoch}; the shards are empty or unreadable."
+            if sum(totals) == 0 and not any(self.count(s) for s in range(len(self.urls))):
+                raise ValueError(
+                    f"wds:{self.pattern}: all {len(self.urls)} shards are empty or unreadable "
+                    f"(see the warnings above); check or rewrite them."
                 )
+            # An epoch whose shards (for this stream) are all empty or unreadable adds no
+            # position: the stream goes on with its next epoch's shards.
             for g, total in enumerate(totals):
                 if pos < total:
                     return epoch, g, pos
@@ -316,19 +386,28 @@ class WdsSource:
             epoch += 1
 
     def _read_shard(self, shard: int, skip: int):
-        """Exactly ``count(shard) - skip`` slots ``(key, sample | None)``."""
+        """Exactly ``count(shard) - skip`` slots ``(name, sample | None)``; ``name`` is
+        ``<shard url>/<sample key>``."""
         url, count, n = self.urls[shard], self.count(shard), 0
-        try:
-            for key, sample in iter_tar_samples(url, skip=skip):
-                if n >= count:
-                    break
-                if n >= skip:
-                    yield key, sample
-                n += 1
-        except (OSError, tarfile.TarError, EOFError) as e:
-            log.warning("wds: shard %s broken after %d samples: %s", url, n, e)
+        samples = iter_tar_samples(url, skip=skip)
+        while n < count:
+            # The yield stays outside the try: a generator closed at interpreter exit gets
+            # GeneratorExit there, and an except clause would then look up module globals
+            # already torn down (printing a TypeError/AttributeError at exit).
+            try:
+                key, sample = next(samples)
+            except StopIteration:
+                _warn_broken(url, n, f"it ends there, but its count is {count}")
+                break
+            except _TAR_ERRORS as e:
+                _warn_broken(url, n, f"{type(e).__name__}: {e}")
+                break
+            if n >= skip:
+                yield f"{url}/{key}", sample
+            n += 1
+        samples.close()
         for m in range(max(n, skip), count):  # fewer samples than counted: unusable slots
-            yield f"{url}#{m}", None
+            yield f"{url} sample {m} (past the readable end)", None
 
     def _read_group(self, group: list[int], offset: int):
         """Slots of a shard group, round-robin over its shards (one sample of each shard
@@ -351,7 +430,10 @@ class WdsSource:
             epoch, g = epoch + 1, 0
 
     def iter_stream(self, stream: int, streams: int, *, start: int, processor, max_attempts: int):
-        """Yields ``((stream, n), example, skip_counts)`` for positions ``n >= start``."""
+        """Positions ``m = start, start + 1, ...`` of stream ``stream`` of ``streams``, as
+        ``(m, take)``: ``take()`` -> ``(example, skip_counts)`` decodes the sample at ``m``.
+        A reader that does not take position ``m`` does not call it: the sample is read
+        (the tar is sequential) but never decoded."""
         seed, size = processor.seed, self.buffer
         window = start // size
         slots = self._slots(
@@ -362,25 +444,34 @@ class WdsSource:
             perm = np.random.default_rng([seed, 2, stream, window]).permutation(size)
             first = start - window * size if window * size < start else 0
             for i in range(first, size):
-                n = window * size + i
-                counts = np.zeros(len(D.SKIP_REASONS), np.int32)
-                last = None
-                for attempt in range(min(size, max_attempts)):
-                    key, sample = raw[perm[(i + attempt) % size]]
-                    try:
-                        pil = not processor.extra_transforms
-                        ex = processor.prepare(self.decode(key, sample, pil=pil), (stream, n))
-                        break
-                    except D.SkipExample as e:
-                        counts[D.reason_index(e.reason)] += 1
-                        last = e
-                    except Exception as e:  # noqa: BLE001  (bad data must never stop a run)
-                        counts[D.reason_index("error")] += 1
-                        last = e
-                else:
-                    raise D.skip_error(self, min(size, max_attempts), counts, last)
-                yield (stream, n), ex, counts
+                m = window * size + i
+                yield (
+                    m,
+                    functools.partial(
+                        self._take, raw, perm, i, (stream, m), processor, max_attempts
+                    ),
+                )
             window += 1
+
+    def _take(self, raw, perm, i, key, processor, max_attempts):
+        """The example at window slot ``i`` (or the next usable one of the window)."""
+        size = len(raw)
+        counts = np.zeros(len(D.SKIP_REASONS), np.int32)
+        last = None
+        for attempt in range(min(size, max_attempts)):
+            name, sample = raw[perm[(i + attempt) % size]]
+            try:
+                pil = not processor.extra_transforms
+                return processor.prepare(self.decode(name, sample, pil=pil), key), counts
+            except D.SkipExample as e:
+                counts[D.reason_index(e.reason)] += 1
+                last = e
+            except Exception as e:  # noqa: BLE001  (bad data must never stop a run)
+                counts[D.reason_index("error")] += 1
+                last = e
+            if sample is not None:  # None: a broken shard's slot, reported once per shard
+                D.log_skip(name, last)
+        raise D.skip_error(self, min(size, max_attempts), counts, last)
 
     # -- random access (eval, stats) ------------------------------------------------------
     def _build_index(self):
@@ -398,8 +489,9 @@ class WdsSource:
                             key = parts[0]
                             index.append((shard, key, {}))
                         index[-1][2][parts[1]] = (info.offset_data, info.size)
-            except (OSError, tarfile.TarError, EOFError) as e:
-                log.warning("wds: shard %s unreadable: %s", url, e)
+            except _TAR_ERRORS as e:
+                n = sum(1 for x in index if x[0] == shard)
+                _warn_broken(url, n, f"{type(e).__name__}: {e}")
         self._index = index
 
     def __len__(self) -> int:

@@ -15,7 +15,8 @@ Usage::
 ``--caption_key``, ``--label_key``) or a folder of images with same-named ``.txt`` captions
 (class subfolders become labels). ``--max_side N`` re-encodes images whose shorter side
 exceeds N (JPEG quality 95) to keep shards small; otherwise the original bytes are copied.
-Unreadable images are left out and counted. A progress bar shows examples written.
+Unreadable images and images without a caption are left out (each named on stderr, then
+counted). A progress bar shows examples written.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 from alignjax.data import csv_source, tfds_source
 from alignjax.data import decode as D
 
-__all__ = ["load_rows", "main", "write_tfds", "write_wds"]
+__all__ = ["drop_uncaptioned", "load_rows", "main", "write_tfds", "write_wds"]
 
 
 def _progress(total: int, desc: str):
@@ -89,6 +90,39 @@ def load_rows(
     return out, names
 
 
+MAX_REPORTED = 20  # per run: one line each for the first images left out, then a count
+
+
+def _has_caption(caption) -> bool:
+    if isinstance(caption, (list, tuple)):
+        return any(str(c).strip() for c in caption if c is not None)
+    return caption is not None and bool(str(caption).strip())
+
+
+def drop_uncaptioned(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` without those with no caption, each left out said on stderr (one line
+    naming the image, the first ``MAX_REPORTED``; then a count): an empty caption would
+    only be skipped at training time, silently."""
+    kept, dropped = [], 0
+    for row in rows:
+        if _has_caption(row.get("title")):
+            kept.append(row)
+            continue
+        dropped += 1
+        if dropped <= MAX_REPORTED:
+            print(
+                f"write: {row['filepath']} has no caption (no same-named .txt file, or an "
+                f"empty caption column): left out.",
+                file=sys.stderr,
+            )
+    if dropped > MAX_REPORTED:
+        print(
+            f"write: {dropped - MAX_REPORTED} more images without a caption left out.",
+            file=sys.stderr,
+        )
+    return kept
+
+
 def _image_payload(path: str, max_side: int | None) -> tuple[bytes, str]:
     data = D.read_bytes(path)
     ext = os.path.splitext(path)[1].lower().lstrip(".") or "jpg"
@@ -117,6 +151,9 @@ def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
 def write_wds(rows, output: str, shard_size: int = 1000, max_side: int | None = None) -> str:
     """Writes ``output/{00000..}.tar`` (+ ``_stats.json``); returns the ``wds:`` spec."""
     os.makedirs(output, exist_ok=True)
+    before = len(rows)
+    rows = drop_uncaptioned(rows)
+    uncaptioned = before - len(rows)
     bar = _progress(len(rows), "writing shards")
     shard, written, failed, key = 0, 0, 0, 0
     num_shards = max(1, -(-len(rows) // shard_size))
@@ -150,12 +187,17 @@ def write_wds(rows, output: str, shard_size: int = 1000, max_side: int | None = 
         written, failed = written + ok, failed + bad
     bar.close()
     spec = f"wds:{os.path.abspath(output)}/{{00000..{num_shards - 1:05d}}}.tar"
-    print(f"wrote {written} samples in {num_shards} shards ({failed} unreadable left out): {spec}")
+    no_caption = f", {uncaptioned} without a caption" if uncaptioned else ""
+    print(
+        f"wrote {written} samples in {num_shards} shards ({failed} unreadable{no_caption} "
+        f"left out): {spec}"
+    )
     return spec
 
 
 def write_tfds(rows, data_dir: str, name: str, classnames=None, test_fraction: float = 0.0) -> str:
     """Writes an ArrayRecord TFDS dataset ``name`` (splits train[/test]); returns the spec."""
+    rows = drop_uncaptioned(rows)
     n_test = round(len(rows) * test_fraction)
     splits = {"train": rows[n_test:]}
     if n_test:
