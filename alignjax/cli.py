@@ -16,18 +16,15 @@ evaluator, and a typo surfaces as its 57-line traceback; parsing here keeps one 
 every tool, applies the same overrides to a config stored in a run (`evaluate --workdir`)
 and lets a tool load its config only when it needs it.
 
-**Errors.** `run(main, argv)` runs a tool's absl `main`; a user error (ValueError, a file
-that is missing or not writable, a full disk, a missing optional dependency, Ctrl-C)
-becomes one `error: ...` line on stderr and exit status 1 (130 for Ctrl-C), with at most a
-few lines of context. `--debug` (or `ALIGNJAX_DEBUG=1`) shows the full traceback instead.
-Any other exception is a bug in alignjax and keeps its traceback.
+**Errors.** `run(main, argv)` runs a tool's absl `main` through `alignjax.errors.guard`: a
+user error (ValueError, a file that is missing or not writable, a full disk, a missing
+optional dependency, Ctrl-C) becomes one `error: ...` line, `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import errno
 import json
 import os
 import sys
@@ -38,21 +35,10 @@ import ml_collections
 from absl import app, flags
 
 from alignjax import config as config_lib
+from alignjax import errors
 from alignjax.validation import closest
 
 ConfigDict = ml_collections.ConfigDict
-
-DEBUG_ENV = 'ALIGNJAX_DEBUG'
-#: Optional dependencies -> the extra that installs them (setup.cfg).
-OPTIONAL_MODULES = {
-    'tensorflow_datasets': 'data',
-    'array_record': 'data',
-    'torch': 'torch',
-    'transformers': 'torch',
-    'ftfy': 'clip',
-}
-_CONTEXT_LINES = 4  # At most this many lines after the `error:` line.
-
 
 class UsageError(ValueError):
     """A command line that cannot work (printed as one `error:` line)."""
@@ -228,122 +214,24 @@ def _unknown(o: Override, where: str, key: str, node: ConfigDict) -> UsageError:
     return UsageError(f'{o.flag}: {where} has no field {key!r}{hint}.{listed}')
 
 
-# --------------------------------------------------------------------------------------
-# Errors.
-
-
-def _chain(e: BaseException):
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
-
-
-def user_message(e: BaseException) -> str | None:
-    """The message to print for a user error, or None for a bug (keep the traceback)."""
-    for link in _chain(e):
-        if isinstance(link, OSError) and link.errno == errno.ENOSPC:
-            where = f' writing {link.filename}' if link.filename else ''
-            return (
-                f'No space left on device{where}. Free some space or use a --workdir on '
-                f'another disk, then run the same command: the last committed checkpoint is '
-                f'kept.'
-            )
-    if isinstance(e, ModuleNotFoundError) and e.name:
-        top = e.name.split('.')[0]
-        if top in OPTIONAL_MODULES:
-            return (
-                f"This needs the optional package '{top}', which is not installed: "
-                f"pip install 'alignjax[{OPTIONAL_MODULES[top]}]'."
-            )
-        return None
-    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        if e.filename and e.strerror:
-            fix = {
-                FileNotFoundError: 'check the path',
-                PermissionError: 'check its permissions or use another directory',
-                IsADirectoryError: 'give a file, not a directory',
-                NotADirectoryError: 'a part of the path is a file: give a directory',
-            }[type(e)]
-            return f'{e.strerror}: {e.filename} ({fix}).'
-        return str(e)
-    if isinstance(e, FileExistsError) and e.filename:
-        return f'{e.strerror}: {e.filename} (it exists and is not a directory).'
-    if isinstance(e, (ValueError, FloatingPointError)):
-        return str(e) or type(e).__name__
-    if isinstance(e, OSError) and e.strerror:
-        return f'{e.strerror}' + (f': {e.filename}' if e.filename else '')
-    return None
-
-
-def print_error(message: str, file=None) -> None:
-    """`error: <first line>` plus at most a few lines of context."""
-    file = file or sys.stderr
-    lines = [line for line in message.strip().splitlines() if line.strip()] or ['(no message)']
-    print(f'error: {lines[0]}', file=file)
-    for line in lines[1 : 1 + _CONTEXT_LINES]:
-        print(f'  {line}', file=file)
-    if len(lines) > 1 + _CONTEXT_LINES:
-        print(f'  ... ({len(lines) - 1 - _CONTEXT_LINES} more lines with --debug)', file=file)
-    file.flush()
-
-
-def debug_requested(argv: Sequence[str]) -> bool:
-    return '--debug' in argv or os.environ.get(DEBUG_ENV, '') not in ('', '0')
-
-
-def _fail(message: str, status: int = 1):
-    print_error(message)
-    sys.exit(status)
-
-
-def guard(fn: Callable[[], Any], debug: bool = False) -> Any:
-    """`fn()`, with a user error printed as one line and `sys.exit(1)` (130: Ctrl-C).
-
-    For tools with their own argument parser (argparse); `run` uses it for absl tools.
-    """
-    try:
-        return fn()
-    except KeyboardInterrupt as e:
-        if debug:
-            raise
-        _fail(f'interrupted: {e}' if str(e) else 'interrupted.', 130)
-    except Exception as e:
-        message = None if debug else user_message(e)
-        if message is None:
-            raise
-        _fail(message)
-
-
-def strip_debug(argv: Sequence[str] | None) -> tuple[list[str] | None, bool]:
-    """(argv without `--debug`, whether a traceback was asked for); None stays None
-    (argparse then reads sys.argv, from which `--debug` is removed too)."""
-    if argv is None:
-        debug = debug_requested(sys.argv)
-        sys.argv = [a for a in sys.argv if a != '--debug']
-        return None, debug
-    return [a for a in argv if a != '--debug'], debug_requested(argv)
-
-
 def run(main: Callable[[list[str], list[Override]], Any], argv: Sequence[str] | None = None):
     """Parses absl flags (minus `--config.*` overrides and `--debug`) and calls
     `main(args, overrides)`, printing user errors as one line (see the module docstring).
     """
     argv = list(sys.argv if argv is None else argv)
-    debug = debug_requested(argv)
+    debug = errors.debug_requested(argv)
     argv = [a for a in argv if a != '--debug']
     if 'debug' not in flags.FLAGS:
-        flags.DEFINE_bool('debug', False, f'Show tracebacks of errors (or set {DEBUG_ENV}=1).')
+        flags.DEFINE_bool('debug', False, f'Show tracebacks of errors (or set {errors.DEBUG_ENV}=1).')
     try:
         argv, overrides = split_overrides(argv)
     except UsageError as e:
-        _fail(str(e))
+        errors.fail(str(e))
 
     def parse(args):
         try:
             return flags.FLAGS(args)
         except flags.Error as e:
-            _fail(f'{e} (see --help).')
+            errors.fail(f'{e} (see --help).')
 
-    app.run(lambda args: guard(lambda: main(args, overrides), debug), argv=argv, flags_parser=parse)
+    app.run(lambda args: errors.guard(lambda: main(args, overrides), debug), argv=argv, flags_parser=parse)

@@ -14,7 +14,7 @@ import sys
 import pytest
 from ml_collections import ConfigDict
 
-from alignjax import cli, preemption, train
+from alignjax import cli, errors, preemption, train
 from alignjax import config as config_lib
 from alignjax import workdir as workdir_lib
 
@@ -161,22 +161,22 @@ def test_user_message_classifies_errors():
     full = OSError(errno.ENOSPC, 'No space left on device', '/w/checkpoints/4')
     wrapped = RuntimeError('async save failed')
     wrapped.__cause__ = full
-    assert 'No space left on device writing /w/checkpoints/4' in cli.user_message(wrapped)
+    assert 'No space left on device writing /w/checkpoints/4' in errors.user_message(wrapped)
     missing = ModuleNotFoundError(
         "No module named 'tensorflow_datasets'", name='tensorflow_datasets'
     )
-    assert "pip install 'alignjax[data]'" in cli.user_message(missing)
-    assert cli.user_message(ModuleNotFoundError('x', name='numpyy')) is None  # A bug: traceback.
+    assert "pip install 'alignjax[data]'" in errors.user_message(missing)
+    assert errors.user_message(ModuleNotFoundError('x', name='numpyy')) is None  # A bug: traceback.
     gone = FileNotFoundError(errno.ENOENT, 'No such file or directory', '/data/x.csv')
-    assert cli.user_message(gone) == 'No such file or directory: /data/x.csv (check the path).'
-    assert cli.user_message(ValueError('bad field')) == 'bad field'
-    assert cli.user_message(KeyError('k')) is None
-    assert cli.user_message(TypeError('t')) is None
+    assert errors.user_message(gone) == 'No such file or directory: /data/x.csv (check the path).'
+    assert errors.user_message(ValueError('bad field')) == 'bad field'
+    assert errors.user_message(KeyError('k')) is None
+    assert errors.user_message(TypeError('t')) is None
 
 
 def test_print_error_is_one_line_plus_bounded_context():
     out = io.StringIO()
-    cli.print_error('first\nsecond\n' + '\n'.join(f'l{i}' for i in range(20)), file=out)
+    errors.print_error('first\nsecond\n' + '\n'.join(f'l{i}' for i in range(20)), file=out)
     lines = out.getvalue().splitlines()
     assert lines[0] == 'error: first' and lines[1] == '  second'
     assert len(lines) == 1 + 4 + 1 and 'more lines with --debug' in lines[-1]

@@ -563,8 +563,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
             if diffs:
                 raise ValueError(
                     "Data iterator state does not match this pipeline (saved, current): "
-                    f"{diffs}. Restore with the same seed, global batch size and source, or "
-                    "pass strict=False to take only the batch number."
+                    f"{diffs}. Resume with the run's own config.json (the same seed, "
+                    "batch_size and data.train); in Python, set_state(state, strict=False) "
+                    "takes only the batch number."
                 )
         next_batch = int(state["next_batch"])
         if next_batch < 0:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from alignjax import errors
 from alignjax.data import decode as D
 from alignjax.data import sources
 from alignjax.data import transforms as T
@@ -118,4 +119,4 @@ def main(argv=None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run_main(main)

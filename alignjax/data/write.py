@@ -29,6 +29,7 @@ import sys
 import tarfile
 from typing import Any
 
+from alignjax import errors
 from alignjax.data import csv_source, tfds_source
 from alignjax.data import decode as D
 
@@ -239,4 +240,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run_main(main)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from alignjax import restore
+from alignjax import errors, restore
 from alignjax.data import transforms as T
 from alignjax.evaluate.embed import Embedder
 
@@ -148,4 +148,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    errors.run_main(main)
