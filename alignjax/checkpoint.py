@@ -715,7 +715,10 @@ class SavedParams:
         workdir_config = os.path.join(os.path.dirname(directory), 'config.json')
         if config is None and os.path.isfile(workdir_config):
             with open(workdir_config) as f:
-                config = json.load(f)
+                try:
+                    config = json.load(f)
+                except ValueError as e:
+                    raise ValueError(f'{workdir_config} is not valid JSON ({e}).') from e
         self.model_config: dict[str, Any] | None = None if config is None else config.get('model')
 
     def _restore(self, item: Any, restore_args: Any) -> dict[str, Any]:
@@ -750,3 +753,23 @@ class SavedParams:
             lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype), item
         )
         return self._restore(item, restore_args)
+
+
+def read_params_host(
+    path: str, step: int | None = -1, step_flag: str = '--step'
+) -> tuple[SavedParams, dict[str, np.ndarray]]:
+    """(SavedParams, every parameter as host numpy arrays) of a good step of `path`.
+
+    `path` and `step` as for `find_checkpoint_dir`; here reading the arrays is part of the
+    validation, so a step whose arrays fail to read (a truncated file in a step saved
+    without checksums) is skipped too. For `alignjax.export`.
+    """
+    directory, fixed = locate(path)
+    if fixed is None and step is not None and step >= 0:
+        fixed = step
+
+    def read(s: int) -> tuple[SavedParams, dict[str, np.ndarray]]:
+        source = SavedParams(directory, s)
+        return source, source.read_host()
+
+    return read_good_step(directory, read, fixed, step_flag=step_flag)[1]

@@ -64,11 +64,14 @@ def load_config(workdir: str) -> ConfigDict:
 def checkpoint_config(checkpoint_dir: str, step: int | None = None) -> ConfigDict:
     """The config stored with checkpoint `step` of `checkpoint_dir` (`<step>/config`).
 
+    `checkpoint_dir`: the `checkpoints` directory, the workdir or one step directory.
+
     `step=None`: the newest committed step whose config reads. Checkpoints written without
     a config fall back to the run's `config.json` beside `checkpoint_dir`. A stored config
     that does not read is a CheckpointCorruptError for an explicit `step`.
     """
-    directory = os.path.abspath(checkpoint_dir)
+    directory, fixed = checkpoint_lib.locate(checkpoint_dir)
+    step = fixed if fixed is not None else step
     steps = [step] if step is not None else checkpoint_lib.step_dirs(directory)[::-1]
     for s in steps:
         if step is None and checkpoint_lib.checkpoint_problem(directory, s):
@@ -100,10 +103,15 @@ def load_run(
 ) -> LoadedRun:
     """Restores the weight set `weights` of `step` (None: the newest good one).
 
-    `config`: the run's config, or None for the one stored with the restored step. Only
-    the selected weights are read. Call on every process.
+    `checkpoint_dir`: the run's `checkpoints` directory (or the workdir, or one step
+    directory). `config`: the run's config, or None for the one stored with the restored
+    step. Only the selected weights are read. Call on every process.
     """
-    directory = os.path.abspath(checkpoint_dir)
+    directory, fixed = checkpoint_lib.locate(checkpoint_dir)
+    if fixed is not None:  # A step directory: its step.
+        if step is not None and step != fixed:
+            raise ValueError(f'step={step} contradicts the step directory {checkpoint_dir}.')
+        step = fixed
     builds: dict[str, tuple[ConfigDict, jax.sharding.Mesh, state_lib.StateBuild]] = {}
 
     def setup(s: int):

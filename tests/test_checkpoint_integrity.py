@@ -209,6 +209,27 @@ def test_an_explicit_bad_step_is_an_error_naming_the_file_and_the_good_steps(tmp
     assert os.path.isfile(bad)
 
 
+def test_export_reader_falls_back_past_unreadable_arrays_of_a_step_without_checksums(
+    tmp_path, capsys
+):
+    d = str(tmp_path / 'ck')
+    ck = ckpt_lib.Checkpointer(d, keep=5)
+    mesh = _mesh()
+    for s in (1, 2):
+        ck.save(s, {'params': _state(mesh, s)}, None)
+    ck.close()
+    for s in (1, 2):  # As saved before checksums existed.
+        os.remove(os.path.join(d, str(s), checksums.FILE_NAME))
+    with open(_largest_array_file(os.path.join(d, '2')), 'r+b') as f:
+        f.truncate(100)
+    source, flat = ckpt_lib.read_params_host(d)
+    assert source.step == 1
+    np.testing.assert_array_equal(flat['w'], np.arange(4096) + 1.0)
+    assert 'its arrays failed to load' in capsys.readouterr().err
+    with pytest.raises(ckpt_lib.CheckpointCorruptError, match='arrays failed to load'):
+        ckpt_lib.read_params_host(d, 2)
+
+
 def test_a_damaged_checksum_file_is_named(tmp_path):
     (tmp_path / checksums.FILE_NAME).write_text('{"algorithm": "sha256", "files": 3}')
     assert checksums.verify(str(tmp_path)).startswith('checksums.json is damaged')
@@ -249,6 +270,7 @@ def test_load_run_uses_the_stored_config_and_reads_only_the_params(saved_run):
         np.testing.assert_array_equal(np.asarray(x), params[6][k], err_msg=k)
     cfg = restore.checkpoint_config(os.path.join(workdir, 'checkpoints'), 5)
     assert cfg.model.image.width == 32
+    assert restore.checkpoint_config(workdir).model.image.width == 32  # A workdir works too.
 
 
 def test_load_run_falls_back_past_a_damaged_step_unless_it_was_asked_for(
