@@ -28,7 +28,7 @@ Guarantees (tested in tests/test_checkpoint*.py):
 * Checkpoints written before checksums existed load without byte-level verification.
 
 `SavedParams` reads only the parameters of one committed step (for `alignjax.init_from` and
-`alignjax.export`); `restore_subtree` reads any part of the state (the evaluation reads the
+`alignjax.export`; `read_params_host` reads them all with fallback); `restore_subtree` reads any part of the state (the evaluation reads the
 parameters, not the optimizer state). Preemption (SIGTERM/SIGINT) is `alignjax.preemption`;
 starting from another run's parameters is `alignjax.init_from`.
 """
