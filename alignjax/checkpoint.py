@@ -344,6 +344,10 @@ def read_good_step(
     def agreed(reason):
         return _first(gather_json(reason)) if collective else reason
 
+    if not os.path.isdir(directory):
+        raise ValueError(
+            f'{directory} does not exist: expected a run\'s checkpoints directory (or workdir).'
+        )
     if step is not None and step not in steps:
         raise ValueError(f'No checkpoint for step {step} in {directory}; steps: {steps}.')
     if not steps:

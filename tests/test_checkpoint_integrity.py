@@ -206,6 +206,8 @@ def test_an_explicit_bad_step_is_an_error_naming_the_file_and_the_good_steps(tmp
         ckpt_lib.find_checkpoint_dir(d, 3, 'init_from.step')
     with pytest.raises(ValueError, match=r'No checkpoint for step 7 .*steps: \[1, 2, 3\]'):
         ckpt_lib.find_checkpoint_dir(d, 7)
+    with pytest.raises(ValueError, match=r'ck2 does not exist: expected a run'):
+        restore.load_run(None, d + '2')
     assert os.path.isfile(bad)
 
 
