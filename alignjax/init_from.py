@@ -37,7 +37,8 @@ class ParamsSource:
             self.shapes = {k: (tuple(v.shape), v.dtype) for k, v in self._flat.items()}
             self.description = f'export {path}'
             return
-        directory, fixed = checkpoint.find_checkpoint_dir(path, step)
+        # The newest good step (bad ones skipped with a warning), or exactly `step`.
+        directory, fixed = checkpoint.find_checkpoint_dir(path, step, 'init_from.step')
         if fixed is None:
             raise FileNotFoundError(
                 f'init_from.path {path}: no committed checkpoint in {directory} and no '
