@@ -490,9 +490,11 @@ def dry_run(config: ConfigDict, workdir: str | None = None, devices=None, compil
 def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[str, Any]:
     """Trains (resuming from `workdir` if it has checkpoints) and returns the final metrics.
 
-    Resuming restores the newest *good* checkpoint (a corrupt or half-written one is moved
-    aside with a warning) and every process's data-iterator position, so the run continues
-    bit-identically. SIGTERM/SIGINT finish the current step, save, and return
+    Resuming restores the newest *good* checkpoint (one that fails its checksums or file
+    checks is moved to `checkpoints.corrupt/` with a warning naming the bad file) and every
+    process's data-iterator position, so the run continues bit-identically. A workdir whose
+    run had another model, loss, batch or data is refused before anything is read or
+    written (`check_can_resume`). SIGTERM/SIGINT finish the current step, save, and return
     `{'step': s, 'preempted': True, ...}` (the CLI then exits 0). `devices` defaults to all
     devices; tests pass a subset to compare meshes.
     """
@@ -559,7 +561,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
         ckpt.save(step, state, train_iter, config)
         writer.write(
             step,
-            {'checkpoint/blocking_s': ckpt.last_blocking_s, 'checkpoint/wait_s': ckpt.last_wait_s},
+            {
+                'checkpoint/blocking_s': ckpt.last_blocking_s,
+                'checkpoint/wait_s': ckpt.last_wait_s,
+                # Hashing the previous save's files (in Orbax's background thread).
+                'checkpoint/checksum_s': ckpt.last_checksum_s,
+            },
         )
 
     watcher = preemption.PreemptionWatcher()
@@ -644,18 +651,13 @@ def check_can_resume(config: ConfigDict, workdir: str) -> int | None:
     latest = checkpoint_lib.newest_committed_step(directory) if os.path.isdir(directory) else None
     if latest is None:
         return None
-    saved = None
-    # The config saved with the step, else the run's config.json (older checkpoints).
-    for path in (
-        os.path.join(directory, str(latest), 'config', 'metadata'),
-        os.path.join(workdir, 'config.json'),
-    ):
-        try:
-            with open(path) as f:
-                saved = json.load(f)
-            break
-        except (OSError, ValueError):
-            continue  # Missing or damaged: the next candidate (restore_latest names it).
+    try:  # The config saved with the step, else the run's config.json (older checkpoints).
+        saved = checkpoint_lib.stored_config(directory, latest)
+    except ValueError:
+        saved = None  # A damaged step: restore_latest names it and falls back.
+    if saved is None and os.path.isfile(os.path.join(workdir, 'config.json')):
+        with open(os.path.join(workdir, 'config.json')) as f:
+            saved = json.load(f)
     if saved is not None:
         workdir_lib.check_resume_config(saved, config, workdir)
     return latest

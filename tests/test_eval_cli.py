@@ -240,7 +240,7 @@ def test_eval_overrides_and_the_stored_config(run, tmp_path):
     (bad,) = alignjax_cli.split_overrides(['--config.evals.a=1'])[1]
     with pytest.raises(ValueError, match=r'--config.evals.a: set one field of an evaluator'):
         alignjax_cli.apply_overrides(stored, [bad])
-    with pytest.raises(ValueError, match='stores no config.*pass --config FILE'):
+    with pytest.raises(ValueError, match='none is stored with it.*pass --config'):
         cli.choose_config(None, None, str(tmp_path / 'checkpoints'), None)
 
 

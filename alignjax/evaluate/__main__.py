@@ -28,7 +28,6 @@ same flags as `alignjax.train` (`--coordinator_address`, `--num_processes`, `--p
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import tempfile
@@ -64,46 +63,15 @@ def locate_checkpoint(checkpoint: str | None, workdir: str | None, step: int | N
 # Which config: the checkpoint's own, a run's config.json, or --config; evaluator overrides.
 
 
-def checkpoint_config(checkpoint_dir: str, step: int | None) -> ConfigDict | None:
-    """The config stored with checkpoint `step` (None: the newest committed one), or None
-    when there is no such checkpoint or it stores none (older checkpoints).
-
-    One small function so that it can become `alignjax.restore.checkpoint_config`.
-    """
-    if step is None:
-        step = checkpoint_lib.newest_committed_step(checkpoint_dir)
-        if step is None:
-            return None
-    path = os.path.join(checkpoint_dir, str(step), 'config', 'metadata')
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            return ConfigDict(json.load(f))
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f'The config stored with checkpoint {step} is damaged ({path}: {e}); pass --config '
-            f'FILE (the run config) or --step with an earlier checkpoint.'
-        ) from e
-
-
 def choose_config(
     given: ConfigDict | None, workdir: str | None, checkpoint_dir: str, step: int | None
 ) -> ConfigDict:
-    """`--config` if given, else the checkpoint's stored config, else `<run>/config.json`."""
+    """`--config` if given, else the config stored with the checkpoint, else the run's
+    `config.json` (`restore.checkpoint_config`)."""
+    del workdir  # The run's config.json is the one beside checkpoints/.
     if given is not None:
         return given
-    stored = checkpoint_config(checkpoint_dir, step)
-    if stored is not None:
-        return stored
-    run_dir = workdir or os.path.dirname(checkpoint_dir)
-    if os.path.isfile(os.path.join(run_dir, 'config.json')):
-        return restore.load_config(run_dir)
-    raise ValueError(
-        f'The checkpoint in {checkpoint_dir} stores no config and there is no '
-        f'{os.path.join(run_dir, "config.json")}; pass --config FILE (the config it was '
-        f'trained with).'
-    )
+    return restore.checkpoint_config(checkpoint_dir, step)
 
 
 # --------------------------------------------------------------------------------------
