@@ -51,6 +51,8 @@ def run(
     _, conv = pretrained.read_source(
         path, fmt, model_name=model_name, tokenizer_path=tokenizer_path, step=step
     )
+    if conv.preprocess:  # weights that do not fit their config are not written out
+        pretrained.check_converted(conv, f"{path} ({fmt})")
     if to == "alignjax":
         return pretrained.save_converted(conv, out)
     return interop.to_hf(

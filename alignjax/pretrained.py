@@ -38,6 +38,7 @@ __all__ = [
     "Preprocess",
     "Pretrained",
     "check_against_model",
+    "check_converted",
     "detect_format",
     "load_pretrained",
     "read_export",
@@ -312,15 +313,22 @@ def check_against_model(params, model, preprocess: Preprocess, source: str) -> N
             f"({weight_files.short_reason(e)})."
         ) from e
     expected = nn.meta.unbox(abstract)["params"]
-    try:
-        common.check_params_match(params, expected, source)
-    except weight_files.WeightFileError as e:
-        if "pos_embedding" in str(e) and "img" in str(e):
-            raise ValueError(
-                f"{e} (The image size {preprocess.size} decides the image position "
-                "embedding: is preprocess size right?)"
-            ) from e
-        raise
+    have = np.shape(common.flatten(params).get("img/pos_embedding", ()))
+    want = common.flatten(expected).get("img/pos_embedding")
+    if want is not None and have and tuple(have) != tuple(want.shape):
+        raise ValueError(
+            f"{source}: {preprocess.size} px images need an image position embedding of shape "
+            f"{tuple(want.shape)}, the weights hold {tuple(have)}: the preprocessing size does "
+            "not fit this model; pass preprocess with the size it was trained at."
+        )
+    common.check_params_match(params, expected, source)
+
+
+def check_converted(conv: Converted, source: str) -> None:
+    """:func:`check_against_model` for a :class:`Converted` (before it is written out)."""
+    mc = models.resolve_model_config({**conv.model_config, "scan": False})
+    pp = Preprocess(**export.check_preprocess(conv.preprocess, source))
+    check_against_model(common.unstack_scan(conv.params), models.build(mc), pp, source)
 
 
 def load_pretrained(

@@ -187,18 +187,19 @@ def import_torch(what: str):
 _TORCH_KIND = "PyTorch checkpoint"
 
 
-def _torch_reason(e: BaseException) -> str:
+def _torch_error(path: str, e: BaseException) -> WeightFileError:
     """Why torch could not read a file, without torch's advice to unpickle unsafely."""
     text = str(e)
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if found:
-        return (
-            f"it pickles Python objects besides tensors ({found.group(1)}), which alignjax "
-            "does not unpickle; save only the state dict (torch.save(model.state_dict()))"
+    if found:  # an intact file that holds more than tensors: re-downloading will not help
+        return WeightFileError(
+            f"{path} pickles Python objects besides tensors ({found.group(1)}), which "
+            "alignjax does not unpickle (that could run code); save only the state dict "
+            "(torch.save(model.state_dict(), path)) or convert it to .safetensors."
         )
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
-    return short_reason(text or e)
+    return damaged(_TORCH_KIND, path, short_reason(text or e))
 
 
 def _zip_problem(path: str, pickle_ok: bool = False) -> str | None:
@@ -249,7 +250,7 @@ def torch_state_dict(path: str) -> dict[str, np.ndarray]:
             else:
                 sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file.
-        raise damaged(_TORCH_KIND, path, _torch_reason(e)) from e
+        raise _torch_error(path, e) from e
     if problem:
         raise damaged(_TORCH_KIND, path, problem)
     if isinstance(sd, Mapping) and "state_dict" in sd:

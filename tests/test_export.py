@@ -131,7 +131,10 @@ def test_export_without_preprocessing_or_tokenizer_is_refused(run, reference, tm
         load_pretrained(path, preprocess=pp, tokenizer=c.tokenizer.to_dict()), reference
     )
     # A wrong size is named, with the parameter and both shapes (learned position embedding).
-    with pytest.raises(ValueError, match=r"'img/pos_embedding' has shape \(1, 16, 32\) but"):
+    with pytest.raises(
+        ValueError,
+        match=r"32 px images need an image position embedding of shape \(1, 64, 32\), the weights hold \(1, 16, 32\)",
+    ):
         load_pretrained(path, preprocess={**pp, "size": 32}, tokenizer=c.tokenizer.to_dict())
 
 
