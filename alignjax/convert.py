@@ -22,7 +22,7 @@ import argparse
 import os
 import sys
 
-from alignjax import export, interop, pretrained, weight_files
+from alignjax import interop, pretrained, weight_files
 
 
 def run(
@@ -46,8 +46,6 @@ def run(
         raise ValueError(f"Unknown --to {to!r}; valid: alignjax, hf.")
     if not os.path.exists(path):
         raise weight_files.WeightFileMissing(f"{path} does not exist.")
-    if fmt == "alignjax" and not export.is_export(path) and export.is_run(path):
-        fmt = "run"
     _, conv = pretrained.read_source(
         path, fmt, model_name=model_name, tokenizer_path=tokenizer_path, step=step
     )

@@ -117,7 +117,10 @@ def _resolve_path(path: str) -> str:
         for name in FILE_NAMES:
             if os.path.isfile(os.path.join(path, name)):
                 return os.path.join(path, name)
-        raise weight_files.WeightFileMissing(f'{path} holds none of {", ".join(FILE_NAMES)}.')
+        run = ' (a training workdir: export it first, or use alignjax.load_pretrained)'
+        raise weight_files.WeightFileMissing(
+            f'{path} holds none of {", ".join(FILE_NAMES)}{run if is_run(path) else ""}.'
+        )
     weight_files.require_file(path)
     return path
 

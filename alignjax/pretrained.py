@@ -271,6 +271,8 @@ def read_source(
     """(format, :class:`Converted`) for weights in any of :data:`FORMATS` (``fmt`` None:
     detected); what :func:`load_pretrained` and ``python -m alignjax.convert`` read."""
     fmt = fmt or detect_format(path)
+    if fmt == "alignjax" and not export.is_export(path) and export.is_run(path):
+        fmt = "run"  # `--from alignjax` / format='alignjax' on a training workdir
     if fmt == "alignjax":
         conv = read_export(path)
     elif fmt == "run":

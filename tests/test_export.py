@@ -116,6 +116,9 @@ def test_load_pretrained_reads_a_training_workdir(run, reference):
     step = load_pretrained(os.path.join(workdir, "checkpoints", "3"))  # one step directory
     a, b = export.flatten(params), export.flatten(step.params)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert load_pretrained(workdir, format="alignjax").source == "run"
+    with pytest.raises(ValueError, match="a training workdir: export it first"):
+        export.load(workdir)  # the bare export reader says what to do
 
 
 def test_export_without_preprocessing_or_tokenizer_is_refused(run, reference, tmp_path):
