@@ -304,7 +304,7 @@ def _missing(path: str, what: str, arg: str, example: str) -> ValueError:
 def check_against_model(params, model, preprocess: Preprocess, source: str) -> None:
     """Fails, naming the parameter and both shapes, unless ``params`` fit ``model`` fed
     ``preprocess.size`` images (a wrong size shows up as a position-embedding mismatch)."""
-    text_len = int(getattr(model.text, "context_length", None) or 1)
+    text_len = int(dict(model.text or {}).get("context_length") or 1)
     images = jax.ShapeDtypeStruct((1, preprocess.size, preprocess.size, 3), np.float32)
     tokens = jax.ShapeDtypeStruct((1, text_len), np.int32)
     try:
