@@ -8,8 +8,9 @@
     python -m alignjax.convert --from big_vision webli_en_b16_224.npz \\
         --tokenizer-path c4_en.model --out /ckpt/siglip_b16
 
-    # back to a Hugging Face CLIPModel folder (from an export or any format above)
+    # back to a Hugging Face CLIPModel folder (from an export, a run or any format above)
     python -m alignjax.convert --from alignjax /ckpt/b32 --to hf --out /ckpt/b32_hf
+    python -m alignjax.convert --from alignjax runs/clip --to hf --out /ckpt/run_hf
 
 The output folder holds ``params.safetensors`` + ``model_config.json`` (``alignjax.export``
 format), ``preprocess.json`` and ``tokenizer.json`` (with copies of the vocabulary files).
@@ -18,9 +19,10 @@ format), ``preprocess.json`` and ``tokenizer.json`` (with copies of the vocabula
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from alignjax import interop, pretrained
+from alignjax import interop, pretrained, weight_files
 
 
 def run(
@@ -31,31 +33,33 @@ def run(
     to: str = "alignjax",
     model_name: str | None = None,
     tokenizer_path: str | None = None,
+    step: int | None = None,
 ) -> str:
-    """Converts ``path`` (format ``fmt``) and writes it to ``out``; returns what was written."""
-    if fmt == "alignjax":
-        conv = pretrained.read_export(path)
-    elif fmt == "open_clip" or (fmt == "openai" and model_name):
-        conv = interop.from_open_clip(path, model_name=model_name, bpe_path=tokenizer_path or "")
-    elif fmt == "openai":
-        conv = interop.from_openai(path, bpe_path=tokenizer_path or "")
-    elif fmt == "big_vision":
-        conv = interop.from_big_vision(path, tokenizer_path=tokenizer_path)
-    elif fmt == "hf":
-        conv = interop.from_hf(path)
-    else:
-        raise ValueError(f"Unknown --from {fmt!r}; valid: alignjax, {', '.join(interop.FORMATS)}.")
+    """Converts ``path`` (format ``fmt``) and writes it to ``out``; returns what was written.
+
+    ``fmt='alignjax'`` also takes a training workdir (its newest good checkpoint, or
+    ``step``). Every failure is a ValueError (or subclass) with one line naming the file.
+    """
+    if fmt not in pretrained.FORMATS:
+        raise ValueError(f"Unknown --from {fmt!r}; valid: {', '.join(pretrained.FORMATS)}.")
+    if to not in ("alignjax", "hf"):
+        raise ValueError(f"Unknown --to {to!r}; valid: alignjax, hf.")
+    if not os.path.exists(path):
+        raise weight_files.WeightFileMissing(f"{path} does not exist.")
+    _, conv = pretrained.read_source(
+        path, fmt, model_name=model_name, tokenizer_path=tokenizer_path, step=step
+    )
+    if conv.preprocess:  # weights that do not fit their config are not written out
+        pretrained.check_converted(conv, f"{path} ({fmt})")
     if to == "alignjax":
         return pretrained.save_converted(conv, out)
-    if to == "hf":
-        return interop.to_hf(
-            conv.params,
-            conv.model_config,
-            out,
-            preprocess=conv.preprocess or None,
-            tokenizer=conv.tokenizer or None,
-        )
-    raise ValueError(f"Unknown --to {to!r}; valid: alignjax, hf.")
+    return interop.to_hf(
+        conv.params,
+        conv.model_config,
+        out,
+        preprocess=conv.preprocess or None,
+        tokenizer=conv.tokenizer or None,
+    )
 
 
 def main(argv=None) -> int:
@@ -68,10 +72,11 @@ def main(argv=None) -> int:
         dest="fmt",
         required=True,
         choices=("alignjax",) + interop.FORMATS,
-        help="source format",
+        help="source format (alignjax: an export, or a training workdir)",
     )
     p.add_argument("path", help="checkpoint file or folder")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--step", type=int, default=None, help="workdir step (default: newest good)")
     p.add_argument("--to", default="alignjax", choices=("alignjax", "hf"), help="output format")
     p.add_argument("--model-name", default=None, help="open_clip model name (state dicts)")
     p.add_argument(
@@ -81,7 +86,13 @@ def main(argv=None) -> int:
     )
     a = p.parse_args(argv)
     written = run(
-        a.fmt, a.path, a.out, to=a.to, model_name=a.model_name, tokenizer_path=a.tokenizer_path
+        a.fmt,
+        a.path,
+        a.out,
+        to=a.to,
+        model_name=a.model_name,
+        tokenizer_path=a.tokenizer_path,
+        step=a.step,
     )
     print(f"Wrote {written}")
     return 0

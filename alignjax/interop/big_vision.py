@@ -53,9 +53,12 @@ from alignjax.interop.common import Converted
 
 def load_npz(path: str) -> dict:
     """big_vision ``.npz`` -> nested dict of arrays (``params/`` / ``opt/target/`` removed;
-    bfloat16 stored as raw 2-byte void is viewed back as bfloat16)."""
-    with np.load(path, allow_pickle=False) as z:
-        flat = {k: z[k] for k in z.files}
+    bfloat16 stored as raw 2-byte void is viewed back as bfloat16).
+
+    Raises:
+      WeightFileError: not an npz, damaged, or holding pickled objects (never unpickled).
+    """
+    flat = common.read_npz(path)
     for k, v in flat.items():
         if v.dtype.kind == "V" and v.dtype.itemsize == 2:
             flat[k] = v.view(ml_dtypes.bfloat16)
@@ -216,7 +219,20 @@ def from_big_vision(
       image_size: input size; default ``sqrt(N) * patch`` from the position embedding.
     """
     tree = load_npz(path)
-    mc, params = convert_tree(tree)
+    try:
+        mc, params = convert_tree(tree)
+    except (KeyError, TypeError, IndexError) as e:
+        # A subtree or leaf the two-tower layout has is absent, or a leaf is where a
+        # subtree should be: another model, or a file saved from a different codebase.
+        what = e.args[0] if isinstance(e, KeyError) and e.args else common.short_reason(e)
+        raise common.WeightFileError(
+            f"{path}: not a big_vision SigLIP/LiT two-tower checkpoint ({what!r} is missing or "
+            "misplaced in its parameter tree)."
+        ) from e
+    except common.WeightFileError:
+        raise
+    except ValueError as e:  # convert_tree's own messages, numpy reshapes: name the file
+        raise common.WeightFileError(f"{path}: {common.short_reason(e, 300)}") from e
     n = params["img"]["pos_embedding"].shape[1] - (mc["image"]["pool"] == "tok")
     size = image_size or int(round(np.sqrt(n))) * mc["image"]["patch_size"]
     if tokenizer_path is None:

@@ -1,9 +1,9 @@
-"""Shared pieces of the weight converters: file readers/writers, tree helpers, layouts.
+"""Shared pieces of the weight converters: the safetensors writer, tree helpers, layouts.
 
-Everything here works on plain numpy arrays. Reading ``.safetensors`` and ``.npz`` needs
-neither torch nor the ``safetensors`` package (the format is a JSON header followed by raw
-little-endian buffers; bfloat16 is read through ``ml_dtypes``, which JAX depends on).
-Only PyTorch pickles (``.bin``, ``.pt``, ``.pth``) need torch.
+Everything here works on plain numpy arrays. The file readers (``read_safetensors``,
+``torch_state_dict``, ``read_npz``, ...) are ``alignjax.weight_files``'s, re-exported:
+weight files are not trusted, and every reader fails with one :class:`WeightFileError`
+line naming the file (and the tensor), never with advice to load unsafely.
 
 Layout conventions (alignjax side, see ``alignjax.models``): Dense kernels are ``[in, out]``,
 attention q/k/v kernels ``[D, H, K]`` with biases ``[H, K]``, the output kernel
@@ -15,14 +15,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import struct
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+
+# The readers live in a leaf module (the exporter uses them too); re-exported here, where
+# the converters have always found them.
+from alignjax.weight_files import (  # noqa: F401
+    MissingDependency,
+    WeightFileError,
+    WeightFileMissing,
+    import_torch,
+    read_json,
+    read_npz,
+    read_safetensors,
+    read_state_dict,
+    short_reason,
+    torch_state_dict,
+)
 
 Params = dict[str, Any]
 
@@ -70,26 +83,12 @@ class Converted:
 # ------------------------------------------------------------------------------ files
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """Reads a ``.safetensors`` file into numpy arrays (no torch, no safetensors package)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _ST_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}.")
-        start, end = info["data_offsets"]
-        arr = np.frombuffer(data[start:end], dtype=np.dtype(_ST_DTYPES[info["dtype"]]))
-        out[name] = arr.reshape(info["shape"]).copy()
-    return out
-
-
 def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata=None) -> None:
-    """Writes numpy arrays as a ``.safetensors`` file (readable by torch/HF/safetensors)."""
+    """Writes numpy arrays as a ``.safetensors`` file (readable by torch/HF/safetensors).
+
+    Written here rather than with ``safetensors.numpy.save_file``: that creates the file
+    with mode 0600, and a released model folder must be readable by others (umask applies).
+    """
     header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -114,65 +113,6 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata=Non
         f.write(h)
         for b in bufs:
             f.write(b)
-
-
-def import_torch(what: str):
-    """Imports torch or fails with a message that says what needs it and how to install it."""
-    try:
-        # torch: optional (the `torch` extra) and slow to import; only .pt/.bin need it.
-        import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-        raise ImportError(
-            f"{what} needs PyTorch, which is not installed. Install the CPU build with "
-            "`pip install torch==2.13.0` (or `pip install 'alignjax[torch]'`), or convert "
-            "the weights to .safetensors elsewhere (safetensors and .npz need no torch)."
-        ) from e
-    return torch
-
-
-def torch_state_dict(path: str) -> dict[str, np.ndarray]:
-    """Loads a PyTorch checkpoint (pickle or TorchScript archive) as numpy arrays.
-
-    TorchScript archives (OpenAI's released ``.pt`` files) are read with
-    ``torch.jit.load``; plain pickles with ``torch.load(weights_only=True)``. A dict with a
-    ``'state_dict'`` entry (open_clip training checkpoints) is unwrapped and a leading
-    ``'module.'`` (DDP) is stripped.
-    """
-    torch = import_torch(f"Reading {os.path.basename(path)}")
-    if _is_torchscript(path):
-        sd = torch.jit.load(path, map_location="cpu").state_dict()
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(sd, dict) and "state_dict" in sd:
-            sd = sd["state_dict"]
-    out = {}
-    for k, v in sd.items():
-        if not hasattr(v, "detach"):
-            continue
-        k = k.removeprefix("module.")
-        v = v.detach().cpu()
-        out[k] = v.float().numpy() if v.is_floating_point() else v.numpy()
-    return out
-
-
-def _is_torchscript(path: str) -> bool:
-    """TorchScript archives are zips holding ``<name>/constants.pkl`` and ``<name>/code/``."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("/constants.pkl") for n in z.namelist())
-
-
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """``.safetensors`` (no torch) or a PyTorch checkpoint (torch) -> numpy arrays."""
-    if path.endswith(".safetensors"):
-        return read_safetensors(path)
-    return torch_state_dict(path)
-
-
-def read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
 
 
 # ------------------------------------------------------------------------------ trees
@@ -217,18 +157,37 @@ class Consumer:
         self.sd = dict(sd)
         self.source = source
         self.used: set[str] = set(k for k in sd if any(k.endswith(s) for s in ignore))
+        self.last: str | None = None  # the tensor read last, to name in `misfit`
 
     def __contains__(self, key: str) -> bool:
         return key in self.sd
 
-    def __call__(self, key: str) -> np.ndarray:
+    def __call__(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """The tensor ``key`` as float32; ``shape``: what the model config says it must be."""
         if key not in self.sd:
-            raise KeyError(
+            raise WeightFileError(
                 f"{self.source}: expected tensor {key!r} is missing. Is this the right "
                 f"format? A few keys present: {sorted(self.sd)[:8]}"
             )
         self.used.add(key)
-        return np.asarray(self.sd[key], np.float32)
+        self.last = key
+        x = np.asarray(self.sd[key], np.float32)
+        if shape is not None and tuple(x.shape) != tuple(shape):
+            raise WeightFileError(
+                f"{self.source}: tensor {key!r} has shape {tuple(x.shape)} but the model "
+                f"config needs {tuple(shape)}: the config and the weights do not belong together."
+            )
+        return x
+
+    def misfit(self, e: Exception) -> WeightFileError:
+        """The error for a numpy reshape/split that failed on the tensor read last."""
+        if isinstance(e, WeightFileError):
+            return e
+        shape = tuple(np.shape(self.sd[self.last])) if self.last else None
+        return WeightFileError(
+            f"{self.source}: tensor {self.last!r} (shape {shape}) does not fit the model "
+            f"config ({short_reason(e)}): the config and the weights do not belong together."
+        )
 
     def check_all_used(self) -> None:
         left = sorted(set(self.sd) - self.used)
@@ -236,6 +195,35 @@ class Consumer:
             raise ValueError(
                 f"{self.source}: {len(left)} tensor(s) are not understood by the converter "
                 f"(the model has parts alignjax would silently drop): {left[:12]}"
+            )
+
+
+def check_params_match(params: Params, expected: Mapping[str, Any], source: str) -> None:
+    """Fails unless ``params`` has exactly the paths and shapes of ``expected``.
+
+    ``expected``: the model's abstract parameters (``jax.eval_shape`` of its init, anything
+    with ``.shape`` as leaves). One line naming the first bad parameter and both shapes,
+    so a converted checkpoint whose config disagrees with its tensors fails here and not
+    as a Flax shape error deep inside the first forward pass.
+    """
+    have, want = flatten(params), flatten(expected)
+    missing = sorted(set(want) - set(have))
+    if missing:
+        raise WeightFileError(
+            f"{source}: the model config needs parameter(s) the weights lack: {missing[:6]}."
+        )
+    extra = sorted(set(have) - set(want))
+    if extra:
+        raise WeightFileError(
+            f"{source}: the weights hold parameter(s) the model config has no place for: "
+            f"{extra[:6]}."
+        )
+    for k in sorted(want):
+        a, b = tuple(np.shape(have[k])), tuple(want[k].shape)
+        if a != b:
+            raise WeightFileError(
+                f"{source}: parameter {k!r} has shape {a} but the model config needs {b}: "
+                "the config and the weights do not belong together."
             )
 
 

@@ -118,9 +118,26 @@ def model_config_from_hf(hf: Mapping[str, Any]) -> dict:
     )
 
 
-def params_from_hf(sd: Mapping[str, np.ndarray], model_config: Mapping[str, Any]) -> dict:
-    """HF CLIPModel state dict (numpy) -> alignjax params (scan=False layout)."""
-    get = common.Consumer(sd, "HF CLIPModel state dict", ignore=("position_ids",))
+def params_from_hf(
+    sd: Mapping[str, np.ndarray],
+    model_config: Mapping[str, Any],
+    source: str = "HF CLIPModel state dict",
+) -> dict:
+    """HF CLIPModel state dict (numpy) -> alignjax params (scan=False layout).
+
+    Raises:
+      WeightFileError: a tensor is missing, left over, or has a shape the config rules out.
+    """
+    get = common.Consumer(sd, source, ignore=("position_ids",))
+    try:
+        params = _params_from_hf(get, model_config)
+    except ValueError as e:
+        raise get.misfit(e) from e
+    get.check_all_used()
+    return params
+
+
+def _params_from_hf(get: common.Consumer, model_config: Mapping[str, Any]) -> dict:
     img_cfg, txt_cfg = model_config["image"], model_config["text"]
     v, t = "vision_model.", "text_model."
     d = img_cfg["width"]
@@ -130,7 +147,7 @@ def params_from_hf(sd: Mapping[str, np.ndarray], model_config: Mapping[str, Any]
             "kernel": common.conv_to_flax(get(v + "embeddings.patch_embedding.weight")),
             "bias": np.zeros((d,), np.float32),
         },
-        "cls": get(v + "embeddings.class_embedding").reshape(1, 1, d),
+        "cls": get(v + "embeddings.class_embedding", shape=(d,)).reshape(1, 1, d),
         "pos_embedding": pe[None],
         "ln_pre": common.layer_norm(get(v + "pre_layrnorm.weight"), get(v + "pre_layrnorm.bias")),
         "encoder": {
@@ -162,9 +179,7 @@ def params_from_hf(sd: Mapping[str, np.ndarray], model_config: Mapping[str, Any]
         },
         "head": {"kernel": common.linear(get("text_projection.weight"))},
     }
-    params = {"img": img, "txt": txt, "log_scale": get("logit_scale").reshape(())}
-    get.check_all_used()
-    return params
+    return {"img": img, "txt": txt, "log_scale": get("logit_scale").reshape(())}
 
 
 def preprocess_from_hf(pp: Mapping[str, Any] | None, image_size: int) -> dict:
@@ -212,30 +227,48 @@ def from_hf(path: str) -> Converted:
         path = os.path.dirname(path)
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face CLIP folder?")
+        raise common.WeightFileMissing(
+            f"{path} has no config.json; is it a Hugging Face CLIP folder?"
+        )
     hf = common.read_json(cfg_path)
+    if "model_type" not in hf and "vision_config" not in hf:
+        run = "model" in hf and "data" in hf  # an alignjax training run's resolved config
+        raise common.WeightFileError(
+            f"{cfg_path} is not a Hugging Face model config (no model_type, no vision_config)"
+            + ("; this is an alignjax training workdir: use --from alignjax" if run else ".")
+        )
     if hf.get("model_type", "clip") != "clip":
-        raise ValueError(
+        raise common.WeightFileError(
             f"{cfg_path}: model_type={hf.get('model_type')!r}; from_hf converts 'clip' models "
             "(for SigLIP use the big_vision .npz checkpoints with --from big_vision)."
         )
+    source = f"HF CLIPModel {path}"
     for name in ("model.safetensors", "pytorch_model.bin"):
         wpath = os.path.join(path, name)
         if os.path.exists(wpath):
+            sd = common.read_state_dict(wpath)
+            source = f"HF CLIPModel {wpath}"
             break
     else:
-        if os.path.exists(os.path.join(path, "model.safetensors.index.json")):
-            idx = common.read_json(os.path.join(path, "model.safetensors.index.json"))
-            sd = {}
-            for shard in sorted(set(idx["weight_map"].values())):
-                sd.update(common.read_safetensors(os.path.join(path, shard)))
-            wpath = None
-        else:
-            raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin.")
-    if wpath is not None:
-        sd = common.read_state_dict(wpath)
+        index = os.path.join(path, "model.safetensors.index.json")
+        if not os.path.exists(index):
+            raise common.WeightFileMissing(
+                f"{path} has neither model.safetensors nor pytorch_model.bin."
+            )
+        weight_map = common.read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise common.WeightFileError(f"{index} has no weight_map: damaged; re-download it.")
+        sd = {}
+        for shard in sorted(set(weight_map.values())):
+            sd.update(common.read_safetensors(os.path.join(path, shard)))
+        lost = sorted(set(weight_map) - set(sd))
+        if lost:
+            raise common.WeightFileError(
+                f"{index} lists tensors no shard holds (e.g. {lost[0]!r} in "
+                f"{weight_map[lost[0]]}): a shard is damaged or stale; re-download it."
+            )
     mc = model_config_from_hf(hf)
-    params = params_from_hf(sd, mc)
+    params = params_from_hf(sd, mc, source)
     pp_path = os.path.join(path, "preprocessor_config.json")
     pp = common.read_json(pp_path) if os.path.exists(pp_path) else None
     image_size = int((hf.get("vision_config") or {}).get("image_size", 224))
@@ -399,7 +432,7 @@ def to_hf(
             image_processor_type="CLIPImageProcessor",
             do_resize=True,
             size={"shortest_edge": int(preprocess["size"])},
-            do_center_crop=preprocess.get("resize_mode", "shortest") == "shortest",
+            do_center_crop=preprocess.get("resize_mode", "shortest") in ("shortest", "center"),
             crop_size={"height": int(preprocess["size"]), "width": int(preprocess["size"])},
             do_rescale=True,
             rescale_factor=1 / 255,

@@ -212,22 +212,28 @@ def from_open_clip(
         cfg_path = os.path.join(folder, "open_clip_config.json")
         if model_cfg is None and model_name is None:
             if not os.path.exists(cfg_path):
-                raise FileNotFoundError(
+                raise common.WeightFileMissing(
                     f"{folder} has no open_clip_config.json; pass model_name=... (e.g. "
                     "'ViT-B-32') or model_cfg=... with a state-dict file."
                 )
             full = common.read_json(cfg_path)
+            if not isinstance(full.get("model_cfg"), dict):
+                raise common.WeightFileError(
+                    f"{cfg_path} has no model_cfg: not an open_clip hub config."
+                )
             model_cfg, pp_cfg = full["model_cfg"], full.get("preprocess_cfg")
         for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
             if os.path.exists(os.path.join(folder, name)):
                 wpath = os.path.join(folder, name)
                 break
         else:
-            raise FileNotFoundError(
+            raise common.WeightFileMissing(
                 f"{folder} has neither open_clip_model.safetensors nor open_clip_pytorch_model.bin."
             )
     else:
         wpath = path
+        if not os.path.isfile(path):
+            raise common.WeightFileMissing(f"{path} does not exist (or is not a file).")
         if model_cfg is None:
             if model_name is None:
                 raise ValueError(
@@ -244,8 +250,13 @@ def from_open_clip(
             "Face tokenizer are not supported (alignjax converts CLIP-BPE models)."
         )
     sd = common.read_state_dict(wpath)
-    mc = model_config_from_open_clip(model_cfg)
-    params = openai.params_from_openai_layout(sd, mc, source=f"open_clip {os.path.basename(wpath)}")
+    try:
+        mc = model_config_from_open_clip(model_cfg)
+    except KeyError as e:
+        raise ValueError(
+            f"open_clip model_cfg has no {e.args[0]!r} (needed by the converter)."
+        ) from e
+    params = openai.params_from_openai_layout(sd, mc, source=f"open_clip {wpath}")
     image_size = model_cfg["vision_cfg"].get("image_size", openai.image_size_of(sd))
     if isinstance(image_size, (list, tuple)):  # open_clip allows (h, w)
         if image_size[0] != image_size[1]:

@@ -140,8 +140,21 @@ def image_size_of(sd: Mapping[str, np.ndarray]) -> int:
 def params_from_openai_layout(
     sd: Mapping[str, np.ndarray], model_config: Mapping[str, Any], source: str = "OpenAI CLIP"
 ) -> dict:
-    """OpenAI/open_clip-layout state dict -> alignjax params (scan=False layout)."""
+    """OpenAI/open_clip-layout state dict -> alignjax params (scan=False layout).
+
+    Raises:
+      WeightFileError: a tensor is missing, left over, or has a shape the config rules out.
+    """
     get = common.Consumer(sd, source, ignore=IGNORED)
+    try:
+        params = _params(get, model_config)
+    except ValueError as e:
+        raise get.misfit(e) from e
+    get.check_all_used()
+    return params
+
+
+def _params(get: common.Consumer, model_config: Mapping[str, Any]) -> dict:
     img_cfg, txt_cfg = model_config["image"], model_config["text"]
     d = img_cfg["width"]
     img = {
@@ -149,7 +162,7 @@ def params_from_openai_layout(
             "kernel": common.conv_to_flax(get("visual.conv1.weight")),
             "bias": np.zeros((d,), np.float32),
         },
-        "cls": get("visual.class_embedding").reshape(1, 1, d),
+        "cls": get("visual.class_embedding", shape=(d,)).reshape(1, 1, d),
         "pos_embedding": get("visual.positional_embedding")[None],
         "ln_pre": common.layer_norm(get("visual.ln_pre.weight"), get("visual.ln_pre.bias")),
         "encoder": {
@@ -173,9 +186,7 @@ def params_from_openai_layout(
         | {"encoder_norm": common.layer_norm(get("ln_final.weight"), get("ln_final.bias"))},
         "head": {"kernel": get("text_projection")},
     }
-    params = {"img": img, "txt": txt, "log_scale": get("logit_scale").reshape(())}
-    get.check_all_used()
-    return params
+    return {"img": img, "txt": txt, "log_scale": get("logit_scale").reshape(())}
 
 
 def openai_preprocess(size: int) -> dict:
@@ -205,9 +216,14 @@ def from_openai(path: str, *, bpe_path: str = "") -> Converted:
         tokenizer build time (installed open_clip/clip package, ``$ALIGNJAX_CLIP_BPE``).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is not a file (expected OpenAI's ViT-*.pt).")
+        raise common.WeightFileMissing(f"{path} is not a file (expected OpenAI's ViT-*.pt).")
     sd = common.read_state_dict(path)
-    mc = infer_model_config(sd, quick_gelu=True)
+    try:
+        mc = infer_model_config(sd, quick_gelu=True)
+    except KeyError as e:
+        raise common.WeightFileError(
+            f"{path}: no tensor {e.args[0]!r}: not an OpenAI/open_clip ViT CLIP state dict."
+        ) from e
     params = params_from_openai_layout(sd, mc, source=f"OpenAI CLIP {os.path.basename(path)}")
     return Converted(
         model_config=mc,
