@@ -22,7 +22,7 @@ import argparse
 import os
 import sys
 
-from alignjax import interop, pretrained, weight_files
+from alignjax import errors, interop, pretrained, weight_files
 
 
 def run(
@@ -99,4 +99,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run_main(main))

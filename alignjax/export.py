@@ -45,7 +45,7 @@ from flax import serialization
 from safetensors.numpy import save_file
 
 from alignjax import checkpoint as checkpoint_lib
-from alignjax import models, weight_files
+from alignjax import errors, models, weight_files
 from alignjax.data import clip_bpe, sources, transforms
 
 FORMAT_VERSION = 2  # 2: + preprocess and tokenizer
@@ -434,11 +434,9 @@ def read_run(path: str, step: int | None = None, tokenizer_path: str | None = No
     """
     if not os.path.exists(path):
         raise weight_files.WeightFileMissing(f'{path} does not exist.')
-    directory, fixed = checkpoint_lib.find_checkpoint_dir(path, -1 if step is None else step)
-    if fixed is None:
-        raise weight_files.WeightFileMissing(f'{path}: no committed checkpoint in {directory}.')
-    source = checkpoint_lib.SavedParams(directory, fixed)
-    config = _saved_config(directory, fixed)
+    # The newest good step (or `step`); a step whose arrays fail to read is skipped too.
+    source, flat = checkpoint_lib.read_params_host(path, -1 if step is None else step)
+    config = _saved_config(source.directory, source.step)
     if config is None or not config.get('model'):
         raise ValueError(
             f'No config found for {source.description} (neither saved with the step nor in '
@@ -446,7 +444,7 @@ def read_run(path: str, step: int | None = None, tokenizer_path: str | None = No
         )
     has_data = 'data' in config and 'tokenizer' in config
     return Exported(
-        params=unflatten(source.read_host()),
+        params=unflatten(flat),
         model_config=config['model'],
         preprocess=preprocess_from_config(config) if has_data else None,
         tokenizer=tokenizer_from_config(config, tokenizer_path) if has_data else None,
@@ -491,4 +489,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    errors.run_main(main)
