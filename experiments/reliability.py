@@ -2,6 +2,7 @@
 
     python experiments/reliability.py                 # full table, ~10 min on 2 CPU cores
     python experiments/reliability.py --quick         # one scenario per kind
+    python experiments/reliability.py --bad-inputs    # the bad-input table (bad_inputs.py)
 
 Prints a table and writes `experiments/reliability.json`. Every scenario trains the tiny
 CLIP of `tests/tiny_config.py` (8 forced CPU devices, 2N = 16 steps, a checkpoint every 4)
@@ -502,5 +503,11 @@ if __name__ == '__main__':
         child(sys.argv[2], sys.argv[3:])
     elif len(sys.argv) > 1 and sys.argv[1] == 'blocking':
         print(json.dumps(blocking()))
+    elif len(sys.argv) > 1 and sys.argv[1] == '--bad-inputs':
+        # Bad input and faults of every kind -> one clear line, nothing lost.
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import bad_inputs
+
+        bad_inputs.main(sys.argv[2:])
     else:
         main()
