@@ -23,7 +23,6 @@ optional dependency, Ctrl-C) becomes one `error: ...` line, `--debug` shows the 
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import os
@@ -36,7 +35,7 @@ from absl import app, flags
 
 from alignjax import config as config_lib
 from alignjax import errors
-from alignjax.validation import closest
+from alignjax.validation import closest, parse_as
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -107,55 +106,11 @@ def load_config(spec: str) -> ConfigDict:
     return config_lib.load_config_file(path, arg or None)
 
 
-def _literal(raw: str) -> Any:
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw
-
-
-_TRUE = ('true', '1', 'yes', 'on')
-_FALSE = ('false', '0', 'no', 'off')
-
-
 def parse_value(raw: str, current: Any, flag: str) -> Any:
-    """`raw` as the type of `current` (the value it replaces)."""
-
-    def bad(what: str) -> UsageError:
-        return UsageError(f'{flag}={raw}: expected {what} (the field holds {current!r}).')
-
-    if raw == 'None':
-        return None
-    if isinstance(current, bool):
-        if raw.lower() in _TRUE:
-            return True
-        if raw.lower() in _FALSE:
-            return False
-        raise bad('true or false')
-    if isinstance(current, int):
-        try:
-            return int(raw)
-        except ValueError:
-            raise bad('an integer') from None
-    if isinstance(current, float):
-        try:
-            return float(raw)
-        except ValueError:
-            raise bad('a number') from None
-    if isinstance(current, str):
-        return raw
-    if isinstance(current, (tuple, list)):
-        if raw.strip()[:1] in ('(', '['):
-            value = _literal(raw)
-            if not isinstance(value, (tuple, list)):
-                raise bad('a tuple such as (1, 2) or a,b')
-        else:
-            kind = type(current[0]) if current else None
-            items = [s.strip() for s in raw.split(',')] if raw.strip() else []
-            value = [parse_value(s, current[0], flag) if kind else _literal(s) for s in items]
-        return type(current)(value)
+    """`raw` as the type of `current`, the value it replaces (`validation.parse_as`); a
+    section (a dict) takes a dict literal only."""
     if isinstance(current, (ConfigDict, dict)):
-        value = _literal(raw)
+        value = parse_as(raw, None, flag)
         if not isinstance(value, dict):
             fields = ', '.join(sorted(current)) or '(none)'
             raise UsageError(
@@ -163,7 +118,10 @@ def parse_value(raw: str, current: Any, flag: str) -> Any:
                 f'{flag}.FIELD=VALUE (fields: {fields}).'
             )
         return ConfigDict(value)
-    return _literal(raw)  # None or another type: a literal, else the string.
+    try:
+        return parse_as(raw, current, flag)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _opens_new(path: tuple[str, ...], depth: int) -> bool:
@@ -196,7 +154,7 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[Override]) -> Config
         if leaf in node:
             node[leaf] = parse_value(o.raw, node[leaf], o.flag)
         elif _opens_new(o.path, len(o.path) - 1):
-            node[leaf] = _literal(o.raw)
+            node[leaf] = parse_as(o.raw, None, o.flag)
         else:
             raise _unknown(o, where, leaf, node)
     return config

@@ -1,16 +1,18 @@
 """Config validation helpers, shared by every part of a config (a leaf: imports nothing).
 
 One wording for every config error: an unknown field names the closest valid one and lists
-them all; an invalid value lists the valid choices.
+them all; an invalid value lists the valid choices. `parse_as` reads a value typed on the
+command line as the type of the value it replaces (or of a field's default).
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["check_choice", "check_fields", "closest"]
+__all__ = ["check_choice", "check_fields", "closest", "parse_as"]
 
 
 def closest(name: str, valid: Iterable[str]) -> str:
@@ -48,3 +50,58 @@ def check_choice(value: Any, valid: Iterable[Any], field: str) -> None:
         raise ValueError(
             f"Invalid {field}={value!r}{hint}. Valid choices: {', '.join(repr(v) for v in valid)}."
         )
+
+
+_TRUE = ("true", "yes", "1", "on")
+_FALSE = ("false", "no", "0", "off")
+
+
+def _literal(text: str) -> Any:
+    """A Python literal if `text` is one, else `text`."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_as(text: str, like: Any, where: str) -> Any:
+    """`text` (typed on a command line) as the type of `like`; ValueError naming `where`.
+
+    bool: true/false/yes/no/1/0/on/off; int; float; str as is; tuple or list: a literal
+    `(1, 2)` / `[1, 2]` or comma-separated `a,b` (each item as the type of `like[0]`, or a
+    literal when `like` is empty); the literal `None` is None for any type. Anything else
+    (`like` None, a dict): a Python literal where `text` parses as one, else the string.
+    """
+    text = text.strip()
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{where}={text!r}: expected {what} (like {like!r}).")
+
+    if text == "None":
+        return None
+    if isinstance(like, bool):
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise bad("true or false")
+    if isinstance(like, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise bad("an integer") from None
+    if isinstance(like, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise bad("a number") from None
+    if isinstance(like, str):
+        return text
+    if isinstance(like, (tuple, list)):
+        if text[:1] in ("(", "["):
+            value = _literal(text)
+            if not isinstance(value, (tuple, list)):
+                raise bad("a tuple such as (1, 2) or a,b")
+        else:
+            items = [item.strip() for item in text.split(",") if item.strip()]
+            value = [parse_as(item, like[0], where) if like else _literal(item) for item in items]
+        return type(like)(value)
+    return _literal(text)

@@ -100,7 +100,7 @@ def test_override_parses_as_the_fields_type(flag, value, expected):
 
 def test_override_of_a_wrong_type_names_the_flag():
     (o,) = cli.split_overrides(['--config.total_steps=many'])[1]
-    with pytest.raises(cli.UsageError, match=r'--config.total_steps=many: expected an integer'):
+    with pytest.raises(cli.UsageError, match=r"--config.total_steps='many': expected an integer"):
         cli.apply_overrides(base(), [o])
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from alignjax import scoring
 from alignjax.data import csv_source
 from alignjax.evaluate import embed as embed_lib
+from alignjax.validation import parse_as
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -108,46 +109,25 @@ def label_column(key: str, labels: dict[str, Any], where: str) -> str:
     return column
 
 
-_TRUE, _FALSE = ('true', 'yes', '1', 'on'), ('false', 'no', '0', 'off')
-
-
 def coerce(value: Any, default: Any, where: str) -> Any:
     """A field's value as the type of its default, when it came as a string.
 
     The command line gives new evaluator fields as strings (`--config.evals.NAME.cache=false`,
-    `...weight_decays=1e-4,1e-2`); fields whose default is None keep strings (class names,
-    templates, data specs) except 'None' and integers (`num_examples=500`).
+    `...weight_decays=1e-4,1e-2`; `validation.parse_as`); fields whose default is None keep
+    strings (class names, templates, data specs) except 'None' and integers
+    (`num_examples=500`).
     """
     if not isinstance(value, str):
         return value
     text = value.strip()
-
-    def bad(what: str) -> ValueError:
-        return ValueError(f'{where}={value!r}: expected {what} (the default is {default!r}).')
-
-    if text == 'None':
-        return None
-    if isinstance(default, bool):
-        if text.lower() in _TRUE + _FALSE:
-            return text.lower() in _TRUE
-        raise bad('true or false')
-    if isinstance(default, int):
-        try:
-            return int(text)
-        except ValueError:
-            raise bad('an integer') from None
-    if isinstance(default, float):
-        try:
-            return float(text)
-        except ValueError:
-            raise bad('a number') from None
+    if default is None:
+        if text == 'None':
+            return None
+        return int(text) if text.lstrip('-').isdigit() else value
     if isinstance(default, (tuple, list)):
-        items = [v.strip() for v in text.strip('()[]').split(',') if v.strip()]
-        first = default[0] if default else None
-        return tuple(coerce(v, first, where) if first is not None else v for v in items)
-    if default is None and text.lstrip('-').isdigit():
-        return int(text)
-    return value
+        text = text.strip('()[]')  # Items stay strings unless the default's items are not.
+        default = tuple(default)
+    return parse_as(text, default, where)
 
 
 def coerce_fields(ev: dict[str, Any], fields: dict[str, Any], where: str) -> dict[str, Any]:
