@@ -40,6 +40,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -468,6 +469,7 @@ class Checkpointer:
         t0 = time.perf_counter()
         self._manager.wait_until_finished()
         t1 = time.perf_counter()
+        check_free_space(self.directory, step, tree_bytes(state) // jax.process_count())
         items = {'state': ocp.args.StandardSave(state)}
         if data_iterator is not None:
             states = gather_json(data_iterator.get_state())
@@ -619,6 +621,33 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def tree_bytes(tree: Any) -> int:
+    """Bytes of every array of `tree` (global sizes)."""
+    return sum(
+        int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree)
+    )
+
+
+def check_free_space(directory: str, step: int, needed: int) -> None:
+    """ValueError (on every process) unless the disk holding `directory` has room for a
+    checkpoint of about `needed` bytes (this process's share), plus 5% and 1 MiB.
+
+    Checked before Orbax writes anything: a full disk found by the write surfaces as
+    hundreds of lines of tracebacks from its background threads, and a half-written step.
+    """
+    free = shutil.disk_usage(directory).free
+    required = needed * 1.05 + (1 << 20)
+    if not all_processes_agree(free >= required):
+        mib = 2.0**20
+        raise ValueError(
+            f'Not enough disk space to save step {step}: the checkpoint needs about '
+            f'{required / mib:.1f} MiB per process (headroom included) and '
+            f'{free / mib:.1f} MiB are free in {directory} (on the process that is short). '
+            f'Free some space (fewer keep_checkpoints) or use a --workdir on another disk, '
+            f'then run the same command: it resumes from the last checkpoint.'
+        )
 
 
 def _short(e: Exception, n: int = 200) -> str:

@@ -46,6 +46,12 @@ def _chain(e: BaseException):
 def user_message(e: BaseException) -> str | None:
     """The message to print for a user error, or None for a bug (keep the traceback)."""
     for link in _chain(e):
+        # TensorStore (under Orbax) reports a full disk as a ValueError with the OS text.
+        if not isinstance(link, OSError) and 'No space left on device' in str(link):
+            return (
+                'No space left on device. Free some space or use a --workdir on another '
+                'disk, then run the same command: the last committed checkpoint is kept.'
+            )
         if isinstance(link, OSError) and link.errno == errno.ENOSPC:
             where = f' writing {link.filename}' if link.filename else ''
             return (

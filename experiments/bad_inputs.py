@@ -13,8 +13,10 @@ file, a spreadsheet-made CSV, ...) in a fresh directory, runs the real command l
               around the fault with a warning, e.g. the previous checkpoint);
   one_line    the failure is one `error:` line (plus at most 4 lines of context) and no
               traceback; for 'ok' / 'fallback' cases: no traceback at all;
-  lost        files under the case's directory that were deleted or changed by the
-              command (must be none: a refused command leaves everything as it was);
+  lost        files under the case's directory whose content the command destroyed:
+              deleted or changed, unless appended to or kept elsewhere (a checkpoint moved
+              to checkpoints.corrupt/, a config kept as config.before_step_<N>.json); a
+              run that goes on may rewrite its summary.json. Must be none;
   message     the `error:` line or the warning the user sees.
 
 Prints a table, writes `experiments/results/bad_inputs.json` and the table between the
@@ -71,16 +73,23 @@ def snapshot(root: str) -> dict[str, bytes]:
     return out
 
 
-def lost_files(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
-    """Files whose content is gone: not at their path (an append counts as kept), and not
-    anywhere else either (a checkpoint moved aside to checkpoints.corrupt/ is kept)."""
+# What a run that goes on (after a fallback) rewrites by design: its final metrics.
+REWRITTEN_BY_A_RUN = ('summary.json',)
+
+
+def lost_files(before: dict[str, bytes], after: dict[str, bytes], outcome: str) -> list[str]:
+    """Files whose content is gone: not at their path (an append counts as kept) and not
+    anywhere else either (a checkpoint moved aside to checkpoints.corrupt/, a config kept as
+    config.before_step_<N>.json). A run that goes on may rewrite `REWRITTEN_BY_A_RUN`."""
     elsewhere = {hashlib.sha1(v).hexdigest() for v in after.values()}
     lost = []
     for path, old in before.items():
         new = after.get(path)
         if new is not None and new.startswith(old):
             continue
-        if new is None and hashlib.sha1(old).hexdigest() in elsewhere:
+        if hashlib.sha1(old).hexdigest() in elsewhere:
+            continue
+        if outcome != 'error' and os.path.basename(path) in REWRITTEN_BY_A_RUN:
             continue
         lost.append(path)
     return sorted(lost)
@@ -549,7 +558,7 @@ def _run(cmd, d, expected, show, timeout) -> dict:
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as e:
         rc, out, err = 'timeout', str(e.stdout or ''), str(e.stderr or '')
-    lost = lost_files(before, snapshot(d))
+    after = snapshot(d)
     lines = [line for line in err.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith('error: ')]
     traceback = 'Traceback' in err
@@ -570,9 +579,9 @@ def _run(cmd, d, expected, show, timeout) -> dict:
     return {
         'expected': expected,
         'outcome': outcome,
+        'lost': lost_files(before, after, outcome),
         'as_expected': outcome == expected,
         'one_line': one_line,
-        'lost': lost,
         'message': message.strip(),
         'stderr_lines': len(lines),
         'seconds': round(time.time() - t0, 1),
