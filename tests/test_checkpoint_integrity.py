@@ -300,3 +300,27 @@ def test_load_run_without_any_config_says_what_to_pass(tmp_path):
     os.remove(os.path.join(d, '1', 'config', 'metadata'))
     with pytest.raises(ValueError, match=r'No config for any committed step .*pass --config'):
         restore.checkpoint_config(d)
+
+
+def test_a_save_the_disk_cannot_hold_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """A full disk found by Orbax's writes is hundreds of lines from its threads and a
+    half-written step; the free space is checked first, and the earlier steps stay."""
+    directory = str(tmp_path / 'checkpoints')
+    _saved(directory, steps=(1,))
+    before = sorted(os.listdir(directory))
+    usage = shutil.disk_usage(directory)
+    monkeypatch.setattr(ckpt_lib.shutil, 'disk_usage', lambda path: usage._replace(free=64 << 10))
+    ck = ckpt_lib.Checkpointer(directory, keep=5)
+    try:
+        with pytest.raises(
+            ValueError, match=r'Not enough disk space to save step 2: .* MiB are free'
+        ):
+            ck.save(2, _state(_mesh(), 2), FakeIterator(20), {'seed': 2})
+    finally:
+        ck.close()
+    assert sorted(os.listdir(directory)) == before
+    assert ck_steps(directory) == [1]
+
+
+def ck_steps(directory):
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
