@@ -102,7 +102,14 @@ def log_skip(where: str, error: BaseException) -> None:
     log.warning("data: skipped %s (%s)", where, reason)
 
 
-def skip_error(source, attempts: int, counts: np.ndarray, last: Exception | None) -> RuntimeError:
+class NoUsableDataError(ValueError):
+    """A source whose examples are all unusable: a data problem the user fixes (paths,
+    columns, permissions), reported as one line by the command lines."""
+
+
+def skip_error(
+    source, attempts: int, counts: np.ndarray, last: Exception | None
+) -> NoUsableDataError:
     """The error for a source that yields nothing usable: ``attempts`` examples in a row
     were skipped.
 
@@ -113,7 +120,7 @@ def skip_error(source, attempts: int, counts: np.ndarray, last: Exception | None
       last: the last exception caught (``SkipExample`` or another), or None.
     """
     reasons = {r: int(c) for r, c in zip(SKIP_REASONS, counts) if c}
-    return RuntimeError(
+    return NoUsableDataError(
         f"Data source {source!r} yields nothing usable: {attempts} examples in a row were "
         f"skipped (reasons: {reasons}; last: {last}). Check the spec's paths, image and "
         f"caption columns/fields, and that the files are readable."

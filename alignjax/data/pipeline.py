@@ -35,7 +35,7 @@ example. Random-access pipelines then load a replacement index drawn from
 window, so batches stay full and the replacement is itself a pure function of the position:
 resuming stays exact. Each example carries its skip counts, ``TrainIterator`` sums them
 (``skipped_counts()``). ``max_skip_attempts`` unusable examples in a row mean the source
-yields nothing usable: a RuntimeError names the source and the reasons.
+yields nothing usable: a NoUsableDataError (a ValueError) names the source and the reasons.
 
 Randomness (random-resized crop, caption choice, ``extra_transforms``) draws from
 ``np.random.default_rng([seed, position...])``: deterministic given the seed and the global
@@ -628,7 +628,7 @@ def make_train_iterator(
         the source's ``image_size`` if needed and normalised like ``'image'``. They must
         pickle when ``num_workers > 0`` (module-level classes).
       max_skip_attempts: unusable examples in a row after which the source is declared
-        unusable (RuntimeError naming it and the reasons).
+        unusable (NoUsableDataError naming it and the reasons).
 
     Returns:
       A ``TrainIterator`` yielding ``{'image': float32 [b, H, W, 3], 'tokens': int32 [b, L]}``
@@ -805,12 +805,12 @@ class EvalBatches:
         for i in range(min(len(source), 32)):
             try:
                 ex = load.map_with_index(i, i)
-            except RuntimeError as e:
+            except (RuntimeError, D.NoUsableDataError) as e:
                 last = e
                 continue
             ex.pop(_SKIP_KEY)
             return {k: np.zeros_like(v) for k, v in ex.items()}
-        raise RuntimeError(f"Eval source {source!r} yields nothing usable: {last}")
+        raise D.NoUsableDataError(f"Eval source {source!r} yields nothing usable: {last}")
 
     def __len__(self) -> int:
         return self.num_batches
