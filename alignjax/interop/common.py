@@ -189,6 +189,16 @@ class Consumer:
             f"config ({short_reason(e)}): the config and the weights do not belong together."
         )
 
+    def convert(self, build, model_config: Mapping[str, Any]):
+        """`build(self, model_config)` -> params, with a failed reshape named as `misfit`
+        and leftover tensors refused (`check_all_used`): every converter's frame."""
+        try:
+            params = build(self, model_config)
+        except ValueError as e:
+            raise self.misfit(e) from e
+        self.check_all_used()
+        return params
+
     def check_all_used(self) -> None:
         left = sorted(set(self.sd) - self.used)
         if left:

@@ -129,12 +129,7 @@ def params_from_hf(
       WeightFileError: a tensor is missing, left over, or has a shape the config rules out.
     """
     get = common.Consumer(sd, source, ignore=("position_ids",))
-    try:
-        params = _params_from_hf(get, model_config)
-    except ValueError as e:
-        raise get.misfit(e) from e
-    get.check_all_used()
-    return params
+    return get.convert(_params_from_hf, model_config)
 
 
 def _params_from_hf(get: common.Consumer, model_config: Mapping[str, Any]) -> dict:

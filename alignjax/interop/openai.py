@@ -146,12 +146,7 @@ def params_from_openai_layout(
       WeightFileError: a tensor is missing, left over, or has a shape the config rules out.
     """
     get = common.Consumer(sd, source, ignore=IGNORED)
-    try:
-        params = _params(get, model_config)
-    except ValueError as e:
-        raise get.misfit(e) from e
-    get.check_all_used()
-    return params
+    return get.convert(_params, model_config)
 
 
 def _params(get: common.Consumer, model_config: Mapping[str, Any]) -> dict:
