@@ -36,6 +36,7 @@ starting from another run's parameters is `alignjax.init_from`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import logging
@@ -295,6 +296,24 @@ def check_tree(
         )
 
 
+def _empty_fields_absent(directory: str, step: int, abstract_state: Any) -> list[str]:
+    """Fields of a dataclass state that hold no array here and are missing from the step.
+
+    A state class that gained a field (e.g. `TrainState.buffers`) still restores steps
+    written before it, as long as this run leaves that field empty.
+    """
+    if not dataclasses.is_dataclass(abstract_state):
+        return []
+    saved = tree_metadata(directory, step)
+    if not isinstance(saved, dict):
+        return []
+    return [
+        f.name
+        for f in dataclasses.fields(abstract_state)
+        if f.name not in saved and not jax.tree_util.tree_leaves(getattr(abstract_state, f.name))
+    ]
+
+
 def restore_subtree(directory: str, step: int, abstract: Any) -> Any:
     """Reads part of a step's train state, e.g. `{'params': ...}`, and nothing else.
 
@@ -529,9 +548,18 @@ class Checkpointer:
         data_state = None
         if data_iterator is not None:
             data_state = self._own_data_state(read_data_state(self.directory, step))
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-        with _reading_arrays(self.directory, step):
-            state = jax.block_until_ready(self._manager.restore(step, args=args)['state'])
+        absent = _empty_fields_absent(self.directory, step, abstract_state)
+        if absent:  # Written before these (here empty) fields existed: read the others.
+            present = {
+                f.name: getattr(abstract_state, f.name)
+                for f in dataclasses.fields(abstract_state)
+                if f.name not in absent
+            }
+            state = abstract_state.replace(**restore_subtree(self.directory, step, present))
+        else:
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            with _reading_arrays(self.directory, step):
+                state = jax.block_until_ready(self._manager.restore(step, args=args)['state'])
         if data_state is not None:
             data_iterator.set_state(data_state)
         log.info('Restored checkpoint %d from %s', step, self.directory)

@@ -58,7 +58,9 @@ def base_config() -> ConfigDict:
     # 'ema' (`python -m alignjax.evaluate --weights ema` evaluates it). decay 0: off.
     # After each update: ema <- d_t ema + (1 - d_t) params, d_t = decay ('constant') or
     # min(decay, (1 + t) / (10 + t)) ('warmup'), t the number of updates before this one.
-    c.ema = ConfigDict({'decay': 0.0, 'schedule': 'constant'})
+    # `evaluate`: the evaluators also score the EMA whenever they run during training, as
+    # `<metric>/ema` next to `<metric>` of the trained parameters.
+    c.ema = ConfigDict({'decay': 0.0, 'schedule': 'constant', 'evaluate': True})
 
     # Device mesh: axis sizes; -1 takes the remaining devices. Batches are sharded over
     # (data, fsdp); large weights over fsdp ('embed' axis) and tensor ('mlp', 'heads').

@@ -10,6 +10,9 @@ Extra weight sets (`TrainState.weights`, name -> parameter tree) are what object
 with `Objective.weight_sets()` — a frozen teacher, an EMA or momentum copy — plus `'ema'`
 when `config.ema.decay > 0`. They are sharded like the parameters of their model, carry no
 optimizer state, receive no gradient and are checkpointed with the rest of the state.
+Buffers (`TrainState.buffers`, `Objective.buffers()`) are an objective's other state across
+steps (a feature queue and its pointer): replicated, checkpointed, changed only by
+`Objective.update_buffers`.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class TrainState:
     nonfinite_steps: jax.Array
     # Extra weight sets: name -> parameter tree (teacher, EMA, momentum copies).
     weights: Any = dataclasses.field(default_factory=dict)
+    # The objective's buffers (`Objective.buffers()`): name -> array, e.g. a feature queue.
+    buffers: Any = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -71,6 +76,7 @@ class StateBuild:
     state_shardings: TrainState
     init_fn: Callable[[], TrainState]
     extra: dict[str, ExtraWeights]
+    buffers: dict[str, objectives.Buffer] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------
@@ -136,7 +142,10 @@ def weight_set_specs(config: ConfigDict, objective: objectives.Objective):
                 f"named {EMA!r}; use one of them."
             )
         specs[EMA] = objectives.WeightSet(
-            kind='ema', decay=float(config.ema.decay), decay_schedule=config.ema.schedule
+            kind='ema',
+            decay=float(config.ema.decay),
+            decay_schedule=config.ema.schedule,
+            evaluate=bool(config.ema.get('evaluate', True)),
         )
     return specs
 
@@ -206,6 +215,11 @@ def build_state(config: ConfigDict, mesh: jax.sharding.Mesh) -> StateBuild:
         else:
             extra[name] = ExtraWeights(spec, m, *abstract_params(m, config, mesh))
 
+    buffers = dict(objective.buffers())
+    for name, b in buffers.items():
+        if not isinstance(b, objectives.Buffer):
+            raise TypeError(f'{type(objective).__name__}.buffers()[{name!r}] is not a Buffer.')
+
     images, tokens = init_inputs(config, parallel.batch_size_per_shard(mesh))
     paths = jax.tree_util.tree_leaves(optim.tree_paths(params))
     flat = zip(paths, jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(param_sh))
@@ -219,10 +233,13 @@ def build_state(config: ConfigDict, mesh: jax.sharding.Mesh) -> StateBuild:
         rng=rep,
         nonfinite_steps=rep,
         weights={n: e.shardings for n, e in extra.items()},
+        buffers={n: rep for n in buffers},
     )
 
     def make_state(seed):
         init_rng, train_rng = jax.random.split(jax.random.key(seed))
+        # A key of its own: adding buffers leaves the parameters' initialisation unchanged.
+        buffer_rng = jax.random.fold_in(jax.random.key(seed), 7)
         p = nn.unbox(model.init(init_rng, images, tokens)['params'])
         weights = {}
         for n, e in extra.items():
@@ -237,6 +254,10 @@ def build_state(config: ConfigDict, mesh: jax.sharding.Mesh) -> StateBuild:
             rng=jax.random.key_data(train_rng),
             nonfinite_steps=jnp.zeros((), jnp.int32),
             weights=weights,
+            buffers={
+                n: b.initial(jax.random.fold_in(buffer_rng, i))
+                for i, (n, b) in enumerate(sorted(buffers.items()))
+            },
         )
 
     def init_fn():
@@ -250,10 +271,11 @@ def build_state(config: ConfigDict, mesh: jax.sharding.Mesh) -> StateBuild:
         rng=jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
         nonfinite_steps=jax.ShapeDtypeStruct((), jnp.int32),
         weights={n: e.abstract for n, e in extra.items()},
+        buffers={n: jax.ShapeDtypeStruct(tuple(b.shape), b.dtype) for n, b in buffers.items()},
     )
     abstract_state = checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
     return StateBuild(
-        objective, model, tx, schedule, abstract_state, shardings, init_fn, extra
+        objective, model, tx, schedule, abstract_state, shardings, init_fn, extra, buffers
     )
 
 

@@ -87,6 +87,8 @@ def accumulated_grads(
          summing the parameter gradients.
     The result equals the one-batch gradient up to float summation order; activation
     memory is that of one micro-batch, plus the [B, D] embeddings.
+
+    Returns (loss, metrics, grads, merged outputs of the whole batch).
     """
     micro = jax.tree_util.tree_map(lambda x: _split_micro(x, num_micro), batch)
 
@@ -138,7 +140,7 @@ def accumulated_grads(
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     grads, _ = jax.lax.scan(body, zeros, jnp.arange(num_micro))
-    return loss, metrics, grads
+    return loss, metrics, grads, full
 
 
 def make_train_step(
@@ -148,7 +150,8 @@ def make_train_step(
 
     The objective's hooks, in order: `prepare` (once, on the global batch), `forward` (per
     micro-batch under gradient accumulation), `loss` (on the whole batch's outputs); then
-    the optimizer update and the extra weight sets' update (EMA copies).
+    the optimizer update, the extra weight sets' update (EMA copies) and the objective's
+    `update_buffers` (a feature queue) on the whole batch's outputs.
 
     Non-finite loss or gradients: the update is not applied and `metrics['finite']` is
     False. nan_policy='halt': the returned state equals the input state (step included) and
@@ -175,7 +178,9 @@ def make_train_step(
     def context(state: TrainState) -> objectives.StepContext:
         weights = jax.lax.stop_gradient(state.weights)
         apply_with = {n: bind(e.model, weights[n]) for n, e in build.extra.items()}
-        return objectives.StepContext(step=state.step, weights=weights, apply_with=apply_with)
+        return objectives.StepContext(
+            step=state.step, weights=weights, apply_with=apply_with, buffers=state.buffers
+        )
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         ctx = context(state)
@@ -196,15 +201,25 @@ def make_train_step(
             return objective.loss(out, batch, ctx)
 
         if config.grad_accum_steps > 1:
-            loss, metrics, grads = accumulated_grads(
+            loss, metrics, grads, out = accumulated_grads(
                 forward, state.params, batch, loss_of_out, config.grad_accum_steps
             )
         else:
 
             def loss_of(params):
-                return loss_of_out(forward(params, batch))
+                out = forward(params, batch)
+                loss, metrics = loss_of_out(out)
+                return loss, (metrics, out)
 
-            (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+            (loss, (metrics, out)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+                state.params
+            )
+        buffers = state.buffers
+        if build.buffers:
+            buffers = dict(
+                objective.update_buffers(state.buffers, jax.lax.stop_gradient(out), batch, ctx)
+            )
+            _check_buffers(buffers, state.buffers, type(objective).__name__)
 
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -225,6 +240,7 @@ def make_train_step(
             rng=rng,
             nonfinite_steps=state.nonfinite_steps,
             weights=weights,
+            buffers=buffers,
         )
         if config.nan_policy == 'skip':
             # Drop the update but count the step: the data iterator has consumed the batch,
@@ -252,6 +268,21 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def _check_buffers(new: dict, old: dict, owner: str) -> None:
+    """`update_buffers` must return every buffer with its shape and dtype (at trace time)."""
+    if set(new) != set(old):
+        raise ValueError(
+            f'{owner}.update_buffers returned buffers {sorted(new)}, expected {sorted(old)}.'
+        )
+    for name, b in old.items():
+        a = jnp.asarray(new[name])
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(
+                f'{owner}.update_buffers changed buffer {name!r} from {b.shape} {b.dtype} to '
+                f'{a.shape} {a.dtype}; keep its shape and dtype.'
+            )
 
 
 def jit_train_step(train_step: Callable, state_shardings, mesh):
@@ -537,6 +568,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
     progress = workdir_lib.Progress(config.total_steps, start, config.batch_size)
     halt_on_nan = config.nan_policy == 'halt'
 
+    # Weight sets scored next to the trained parameters (`config.ema.evaluate`, or a
+    # method's set with `WeightSet(evaluate=True)`), their metrics suffixed `/<name>`.
+    scored_sets = [n for n, e in t.build.extra.items() if e.spec.evaluate]
+
     def run_evals(step: int, final: bool) -> dict[str, float]:
         results = {}
         due = [ev for ev in evaluators if final or ev.due(step)]
@@ -544,6 +579,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
             began = time.perf_counter()
             _log(f'Evaluating {ev.name} ({i + 1}/{len(due)}) at step {step} ...')
             results.update(ev.run(state.params))
+            for name in scored_sets:
+                results.update({f'{k}/{name}': v for k, v in ev.run(state.weights[name]).items()})
             _log(f'  {ev.name} done in {time.perf_counter() - began:.1f} s')
         if results:
             writer.write(step, results)
@@ -559,15 +596,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
                 f'last good checkpoint is in {ckpt.directory}.'
             )
         ckpt.save(step, state, train_iter, config)
-        writer.write(
-            step,
-            {
-                'checkpoint/blocking_s': ckpt.last_blocking_s,
-                'checkpoint/wait_s': ckpt.last_wait_s,
-                # Hashing the previous save's files (in Orbax's background thread).
-                'checkpoint/checksum_s': ckpt.last_checksum_s,
-            },
-        )
+        timings = {
+            'checkpoint/blocking_s': ckpt.last_blocking_s,
+            'checkpoint/wait_s': ckpt.last_wait_s,
+            # Hashing the previous save's files (in Orbax's background thread); NaN (not
+            # written) at the first save, which has no previous one.
+            'checkpoint/checksum_s': ckpt.last_checksum_s,
+        }
+        writer.write(step, {k: v for k, v in timings.items() if math.isfinite(v)})
 
     watcher = preemption.PreemptionWatcher()
     pending = None  # (step, metrics) of the previous step, checked one step late.

@@ -211,8 +211,11 @@ class Progress:
         self._last_step, self._last_time = step, time.perf_counter()
 
     def measure(self, step: int) -> dict[str, float]:
+        """Rates since the previous call; {} when no step ran since (right after compiling)."""
         now = time.perf_counter()
-        steps = max(step - self._last_step, 1)
+        steps = step - self._last_step
+        if steps <= 0:
+            return {}
         steps_per_s = steps / max(now - self._last_time, 1e-9)
         self._last_step, self._last_time = step, now
         return {
@@ -233,13 +236,15 @@ class Progress:
         skipped = int(metrics.get('data/skipped', 0) or 0)
         # Examples the pipeline dropped (corrupt images, empty captions): the log names them.
         bad = f'skipped={skipped} ' if skipped else ''
-        print(
-            f'[step {step:>6}/{self.total_steps}] {shown} {bad}'
-            f"{metrics.get('train/steps_per_s', float('nan')):.2f} steps/s "
-            f"elapsed {format_duration(elapsed)} "
-            f"ETA {format_duration(metrics.get('train/eta_s', float('nan')))}",
-            flush=True,
-        )
+        if 'train/steps_per_s' in metrics:
+            rate = (
+                f"{to_python(metrics['train/steps_per_s']):.2f} steps/s "
+                f"elapsed {format_duration(elapsed)} "
+                f"ETA {format_duration(to_python(metrics['train/eta_s']))}"
+            )
+        else:  # The step that included compiling: no rate to show yet.
+            rate = f'(compiled) elapsed {format_duration(elapsed)}'
+        print(f'[step {step:>6}/{self.total_steps}] {shown} {bad}{rate}', flush=True)
 
 
 def print_table(title: str, metrics: Mapping[str, Any], file=sys.stdout) -> None:

@@ -20,6 +20,7 @@ from alignjax.objectives import (  # noqa: F401  (importing a method module regi
     wukong,
 )
 from alignjax.objectives.base import (
+    Buffer,
     Head,
     Objective,
     StepContext,
@@ -35,6 +36,7 @@ from alignjax.objectives.base import (
 )
 
 __all__ = [
+    "Buffer",
     "Head",
     "Objective",
     "StepContext",

@@ -10,18 +10,23 @@ hook                                   called
 ``heads(model) -> {name: Head}``        once: trainable modules added to the model
 ``wrap_model(model) -> model``          once: default adds ``heads`` (override for more)
 ``weight_sets() -> {name: WeightSet}``  once: frozen copies (a teacher) and EMA copies
+``buffers() -> {name: Buffer}``         once: non-trainable state kept across steps
+                                        (a feature queue and its pointer)
 ``data_transforms(tokenizer, seed)``    once: per-example grain transforms
 ``prepare(batch, rng, ctx)``            each step, on the global batch, before any
                                         micro-batch split (e.g. MLM masks)
 ``forward(apply, batch, ctx) -> out``   each (micro-)batch: the model calls
 ``loss(out, batch, ctx)``               each step, on the whole batch's ``out``:
                                         ``(loss, metrics)``
+``update_buffers(buffers, out, batch,   each step, after ``loss``, on the whole batch's
+ctx) -> buffers``                       ``out`` (no gradient): e.g. enqueue features
 ``scorers``                             evaluation: the similarities to rank with
 =====================================  ==================================================
 
 ``apply(*args, **kwargs)`` is ``model.apply({'params': params}, *args, **kwargs)`` with the
 parameters being trained. ``ctx`` (:class:`StepContext`) carries the step, the extra weight
-sets and an ``apply`` for each of them (gradients never reach those).
+sets and an ``apply`` for each of them (gradients never reach those), and the buffers as
+they were before this step's ``update_buffers``.
 
 Gradient accumulation (``grad_accum_steps > 1``, GradCache) re-runs ``forward`` on
 micro-batches and evaluates ``loss`` once on the merged outputs. That is exact when
@@ -53,6 +58,7 @@ from alignjax.models import heads as heads_lib
 from alignjax.losses.contrastive import as_f32_scalar, in_batch_accuracy
 
 __all__ = [
+    "Buffer",
     "Head",
     "Objective",
     "StepContext",
@@ -111,6 +117,9 @@ class WeightSet:
         (``d_t = min(d, (1 + t) / (10 + t))``, t the number of updates before this one).
       update: custom rule ``(w, params, d_t, weights) -> new w`` (e.g. CTP's compatible
         momentum, which also mixes in another set); default the EMA formula above.
+      evaluate: the trainer's evaluators also score this set whenever they score the
+        trained parameters, as ``<metric>/<name>`` (e.g. ``.../top1/ema``). Only for sets
+        with the trained model's architecture (``model=None``).
     """
 
     kind: str = "frozen"
@@ -120,6 +129,7 @@ class WeightSet:
     decay: float = 0.999
     decay_schedule: str = "constant"
     update: Callable | None = None
+    evaluate: bool = False
 
     KINDS: ClassVar[tuple[str, ...]] = ("frozen", "ema")
     INITS: ClassVar[tuple[str, ...]] = ("params", "init_from")
@@ -135,6 +145,11 @@ class WeightSet:
             raise ValueError("WeightSet(init='init_from') needs init_from=dict(path=...).")
         if self.model is not None and self.kind != "frozen":
             raise ValueError("Only a frozen WeightSet may have its own model (an EMA mirrors it).")
+        if self.evaluate and self.model is not None:
+            raise ValueError(
+                "WeightSet(evaluate=True) needs the trained model's architecture (model=None): "
+                "the evaluators are built for that model."
+            )
         if self.kind == "ema" and not 0.0 <= float(self.decay) < 1.0:
             raise ValueError(f"WeightSet.decay must be in [0, 1), got {self.decay}.")
 
@@ -148,16 +163,52 @@ class WeightSet:
 
 
 @dataclasses.dataclass(frozen=True)
+class Buffer:
+    """Non-trainable state an objective keeps across steps: a feature queue, its pointer.
+
+    Buffers live in the train state (``TrainState.buffers[name]``), replicated over the
+    mesh, are checkpointed with it (so a resumed run continues with the same queue) and are
+    read in ``prepare``/``forward``/``loss`` as ``ctx.buffers[name]``. Only
+    :meth:`Objective.update_buffers` changes them, once per step after the loss, from the
+    whole batch's outputs. A step whose update is dropped (a NaN under ``nan_policy``)
+    keeps the old buffers too.
+
+    Fields:
+      shape: the array's shape (keep it small: every device holds all of it).
+      dtype: its dtype (``jnp.float32``, ``jnp.int32`` for a pointer).
+      init: the fill value at step 0, or ``fn(key) -> array`` of ``shape`` and ``dtype``
+        (e.g. random unit vectors for a MoCo queue), the key derived from ``config.seed``.
+    """
+
+    shape: tuple[int, ...]
+    dtype: Any = jnp.float32
+    init: float | int | Callable[[jax.Array], jax.Array] = 0
+
+    def initial(self, key: jax.Array) -> jax.Array:
+        """The value at step 0 (jit-traceable)."""
+        if callable(self.init):
+            value = jnp.asarray(self.init(key))
+            if value.shape != tuple(self.shape):
+                raise ValueError(
+                    f"Buffer init returned shape {value.shape}, expected {tuple(self.shape)}."
+                )
+            return value.astype(self.dtype)
+        return jnp.full(tuple(self.shape), self.init, self.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
 class StepContext:
     """What a train step hands to ``prepare``, ``forward`` and ``loss`` besides the batch.
 
     ``weights``: name -> parameters of each extra weight set (constants of the step).
     ``apply_with``: name -> ``apply`` of that set's model with those parameters.
+    ``buffers``: name -> the objective's buffers before this step's update.
     """
 
     step: jax.Array
     weights: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     apply_with: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
+    buffers: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------
@@ -208,6 +259,21 @@ class Objective:
     def weight_sets(self) -> dict[str, WeightSet]:
         """Extra weight sets this method needs in the train state: name -> :class:`WeightSet`."""
         return {}
+
+    def buffers(self) -> dict[str, Buffer]:
+        """Non-trainable state this method keeps across steps: name -> :class:`Buffer`."""
+        return {}
+
+    def update_buffers(
+        self, buffers: Mapping[str, jax.Array], out, batch: dict[str, jax.Array], ctx: StepContext
+    ) -> dict[str, jax.Array]:
+        """The buffers after this step, from the whole batch's ``out`` (gradient-free).
+
+        Called once per step after :meth:`loss`, also under gradient accumulation (``out``
+        is then the merged micro-batch outputs). Returns every buffer, same shapes/dtypes.
+        """
+        del out, batch, ctx
+        return dict(buffers)
 
     def data_transforms(self, tokenizer, seed: int = 0) -> tuple:
         """Per-example grain transforms (picklable), run after decoding, before the crop."""
