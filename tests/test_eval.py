@@ -249,8 +249,8 @@ def test_builtin_classnames_and_templates():
     assert classnames.get_classnames('cifar10')[0] == 'airplane'
     assert len(set(classnames.get_classnames('cifar100'))) == 100
     assert len(classnames.get_templates('cifar')) == 18
-    assert classnames.IMAGENET_CLASSNAMES[:3] == ('tench', 'goldfish', 'great white shark')
-    assert classnames.IMAGENET_TEMPLATES[0] == 'a bad photo of a {}.'
+    assert classnames.get_classnames('imagenet')[:3] == ['tench', 'goldfish', 'great white shark']
+    assert classnames.get_templates('imagenet')[0] == 'a bad photo of a {}.'
     with pytest.raises(ValueError, match='neither a built-in'):
         classnames.get_classnames('imagenet21k')
     with pytest.raises(ValueError, match='exactly one'):

@@ -87,8 +87,7 @@ class ZeroShotEvaluator(base.Evaluator):
             names = classnames_lib.get_classnames(cfg.classnames, f'{where}.classnames')
             templates = cfg.templates
             if templates is None:
-                default = cfg.classnames if isinstance(cfg.classnames, str) else ''
-                templates = default if default in classnames_lib.TEMPLATES else 'simple'
+                templates = classnames_lib.default_templates(cfg.classnames)
             templates = classnames_lib.get_templates(templates, f'{where}.templates')
             return {
                 '': {
