@@ -33,6 +33,14 @@ _NO_TEACHER = (
 )
 
 
+def _check_weights(c) -> None:
+    for field in ("distill_weight", "clip_weight"):
+        if float(c[field]) < 0:
+            raise ValueError(f"config.loss.{field} must be >= 0, got {c[field]}.")
+    if not (float(c["distill_weight"]) or float(c["clip_weight"])):
+        raise ValueError("config.loss: distill_weight and clip_weight are both 0; set one > 0.")
+
+
 @base.register
 class Distill(base.Objective):
     """CLIP plus open_clip's soft cross-entropy to a frozen (larger) teacher's logits."""
@@ -48,14 +56,11 @@ class Distill(base.Objective):
 
     def __init__(self, cfg, mesh=None):
         super().__init__(cfg, mesh)
-        for field in ("distill_weight", "clip_weight"):
-            if float(self.cfg[field]) < 0:
-                raise ValueError(f"config.loss.{field} must be >= 0, got {self.cfg[field]}.")
-        if not (float(self.cfg["distill_weight"]) or float(self.cfg["clip_weight"])):
-            raise ValueError("config.loss: distill_weight and clip_weight are both 0; set one > 0.")
+        _check_weights(self.cfg)
 
     @classmethod
     def check(cls, config):
+        _check_weights(config.loss)
         if not str(config.loss.teacher or ""):
             raise ValueError(_NO_TEACHER)
 
