@@ -27,10 +27,10 @@ BATCH = 64
 SIZES = ("demo", "small", "large")
 #: Held-out (shape, colour) pairs of the test split; 500 images keep each evaluation short.
 EVALS = {
-    "shapes": dict(type="zeroshot", data="synthetic:shapes", split="test", num_examples=500,
-                   batch_size=250),
-    "shapes_retrieval": dict(type="retrieval", data="synthetic:shapes", split="test",
-                             num_examples=500, batch_size=250),
+    "shapes": {"type": "zeroshot", "data": "synthetic:shapes", "split": "test",
+               "num_examples": 500, "batch_size": 250},
+    "shapes_retrieval": {"type": "retrieval", "data": "synthetic:shapes", "split": "test",
+                         "num_examples": 500, "batch_size": 250},
 }  # fmt: skip
 
 

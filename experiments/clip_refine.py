@@ -32,7 +32,7 @@ for path in (ROOT, os.path.join(ROOT, "experiments")):
     if path not in sys.path:  # Run as a script from a checkout.
         sys.path.insert(0, path)
 
-import _pretrained  # noqa: E402
+import _pretrained
 
 METHODS = ("finetune", "refine")
 METRICS = ("modality_gap", "alignment", "zeroshot_acc1_mean", "zeroshot_acc1_shape",
@@ -108,12 +108,12 @@ def main(argv=None):
 def table(before, agg, a) -> str:
     head = "| model | modality gap | alignment | zero-shot acc1 mean | shape | R@1 img | R@1 txt |"
     lines = [
-        f"From one demo model pre-trained {a.pretrain_steps} steps; {a.steps} steps at batch "
+        (f"From one demo model pre-trained {a.pretrain_steps} steps; {a.steps} steps at batch "
         f"{_pretrained.BATCH}, lr {a.lr:g}; held-out test pairs (500 images); "
-        f"mean ± std over seeds {a.seeds}.\n",
+        f"mean ± std over seeds {a.seeds}.\n"),
         head,
         "|---|---:|---:|---:|---:|---:|---:|",
-        "| before (pre-trained) | " + " | ".join(f"{before[k]:.3f}" for k in METRICS) + " |",
+        ("| before (pre-trained) | " + " | ".join(f"{before[k]:.3f}" for k in METRICS) + " |"),
     ]
     names = {"finetune": "CLIP fine-tuning", "refine": "CLIP-Refine"}
     for m in METHODS:

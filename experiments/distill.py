@@ -30,7 +30,7 @@ for path in (ROOT, os.path.join(ROOT, "experiments")):
     if path not in sys.path:  # Run as a script from a checkout.
         sys.path.insert(0, path)
 
-import _pretrained  # noqa: E402
+import _pretrained
 
 METHODS = ("alone", "distill")
 METRICS = ("zeroshot_acc1_mean", "zeroshot_acc1_shape", "image_retrieval_r1",
@@ -96,12 +96,13 @@ def main(argv=None):
 def table(teacher_row, agg, a) -> str:
     head = "| model | zero-shot acc1 mean | shape | R@1 img | R@1 txt | modality gap |"
     lines = [
-        f"Student 'small' trained {a.steps} steps at batch {_pretrained.BATCH} from scratch; "
+        (f"Student 'small' trained {a.steps} steps at batch {_pretrained.BATCH} from scratch; "
         f"teacher '{a.teacher_size}' trained {a.teacher_steps} steps; held-out test pairs "
-        f"(500 images); mean ± std over seeds {a.seeds}.\n",
+        f"(500 images); mean ± std over seeds {a.seeds}.\n"),
         head,
         "|---|---:|---:|---:|---:|---:|",
-        f"| teacher ({a.teacher_size}) | " + " | ".join(f"{teacher_row[k]:.3f}" for k in METRICS) + " |",
+        (f"| teacher ({a.teacher_size}) | "
+         + " | ".join(f"{teacher_row[k]:.3f}" for k in METRICS) + " |"),
     ]
     names = {"alone": "student, CLIP alone", "distill": "student, distilled"}
     for m in METHODS:
