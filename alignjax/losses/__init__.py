@@ -9,7 +9,8 @@ Public API:
 Shared primitives (targets.py, tokenwise.py): hard/softened/smoothed/label/multi-positive
 targets, symmetric_contrastive, kl_soft, token_similarity (masked, chunked), filip_loss.
 The math of the methods: pyramid.py (PyramidCLIP), lightclip.py, dreamlip.py, uniter.py
-(IPOT word-region alignment), wukong.py, clim.py, negclip.py. This package is pure functions
+(IPOT word-region alignment), wukong.py, clim.py, negclip.py, refine.py (CLIP-Refine's RaFA
+and HyCD, logit distillation from a teacher). This package is pure functions
 of arrays; each method's wiring into the trainer (config fields, model calls, data) is one
 file of :mod:`alignjax.objectives`. See docs/OBJECTIVES.md.
 """
@@ -20,6 +21,13 @@ from alignjax.losses.contrastive import (
     in_batch_accuracy,
     info_nce,
     siglip_loss,
+)
+from alignjax.losses.refine import (
+    distill_loss,
+    hycd_loss,
+    rafa_loss,
+    sample_reference,
+    soft_cross_entropy,
 )
 from alignjax.losses.ring import siglip_loss_ring
 from alignjax.losses.targets import (
@@ -38,17 +46,22 @@ __all__ = [
     "as_f32_scalar",
     "clip_loss",
     "contrastive_from_logits",
+    "distill_loss",
     "filip_loss",
     "hard_targets",
+    "hycd_loss",
     "in_batch_accuracy",
     "info_nce",
     "kl_soft",
     "label_targets",
     "multi_positive_targets",
+    "rafa_loss",
+    "sample_reference",
     "select_top_tokens",
     "siglip_loss",
     "siglip_loss_ring",
     "smoothed_targets",
+    "soft_cross_entropy",
     "softened_targets",
     "symmetric_contrastive",
     "token_similarity",

@@ -52,6 +52,10 @@ class TwoTowerOutput:
       img_tokens: [B, N, D] float32 unit-norm per-patch embeddings (return_tokens only).
       txt_tokens: [B, L, D] float32 unit-norm per-token embeddings (return_tokens only).
       txt_mask: [B, L] bool valid-token mask (return_tokens only).
+      img_raw: [B, D] float32 projected image embeddings before normalisation (return_raw
+        only; CLIP-Refine's losses read these).
+      txt_raw: [B, D] float32 projected text embeddings before normalisation (return_raw
+        only).
     """
 
     zimg: Optional[Array]
@@ -61,6 +65,8 @@ class TwoTowerOutput:
     img_tokens: Optional[Array] = None
     txt_tokens: Optional[Array] = None
     txt_mask: Optional[Array] = None
+    img_raw: Optional[Array] = None
+    txt_raw: Optional[Array] = None
 
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
@@ -162,6 +168,7 @@ class TwoTower(nn.Module):
         tokens: Optional[Array],
         *,
         return_tokens: bool = False,
+        return_raw: bool = False,
         train: bool = False,
         text_embeddings: Optional[Array] = None,
         image_prompts: Optional[Array] = None,
@@ -173,6 +180,8 @@ class TwoTower(nn.Module):
           tokens: [B, L] int or None (then ``ztxt`` is None).
           return_tokens: also return per-token features, projected by the same head and
             unit-normalised (FILIP-style token-wise losses), and the text mask.
+          return_raw: also return the pooled, projected embeddings before the L2
+            normalisation (``img_raw`` / ``txt_raw``, float32).
           train: reserved for stochastic layers (dropout, patch dropout); no effect yet.
           text_embeddings: [B, L, Wt] input embeddings replacing the lookup of ``tokens``
             (which still give pooling position and mask), or None.
@@ -194,12 +203,16 @@ class TwoTower(nn.Module):
             self._need("img")
             pooled, toks = self.img(images, image_prompts)
             out["zimg"] = l2_normalize(pooled)
+            if return_raw:
+                out["img_raw"] = pooled.astype(jnp.float32)
             if return_tokens:
                 out["img_tokens"] = l2_normalize(toks)
         if tokens is not None:
             self._need("txt")
             pooled, toks, mask = self.txt(tokens, text_embeddings)
             out["ztxt"] = l2_normalize(pooled)
+            if return_raw:
+                out["txt_raw"] = pooled.astype(jnp.float32)
             if return_tokens:
                 out["txt_tokens"] = l2_normalize(toks)
                 out["txt_mask"] = mask
@@ -211,6 +224,8 @@ class TwoTower(nn.Module):
             img_tokens=out.get("img_tokens"),
             txt_tokens=out.get("txt_tokens"),
             txt_mask=out.get("txt_mask"),
+            img_raw=out.get("img_raw"),
+            txt_raw=out.get("txt_raw"),
         )
 
 
