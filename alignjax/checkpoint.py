@@ -328,11 +328,19 @@ def restore_subtree(directory: str, step: int, abstract: Any) -> Any:
         restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
         partial_restore=True,
     )
-    # Saved with the Standard handler, which cannot restore a subtree; the PyTree handler
-    # reads the same format.
-    with _reading_arrays(directory, step), ocp.PyTreeCheckpointer() as reader:
-        restored = reader.restore(os.path.join(step_dir(directory, step), 'state'), args=args)
-        return jax.block_until_ready(restored)
+    with _reading_arrays(directory, step):
+        return jax.block_until_ready(_read_state(directory, step, args))
+
+
+def _read_state(directory: str, step: int, args: Any) -> Any:
+    """Reads a step's `state` item with `args` through a read-only CheckpointManager.
+
+    Saved with `StandardSave`, whose handler cannot restore a subtree; `PyTreeRestore`
+    with `partial_restore=True` reads the same format and only the leaves asked for.
+    """
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    with ocp.CheckpointManager(directory, options=options) as reader:
+        return reader.restore(step, args=ocp.args.Composite(state=args))['state']
 
 
 def _first(reasons: list[str | None]) -> str | None:
@@ -787,8 +795,8 @@ class SavedParams:
         args = ocp.args.PyTreeRestore(
             item={'params': item}, restore_args={'params': restore_args}, partial_restore=True
         )
-        with _reading_arrays(self.directory, self.step), ocp.PyTreeCheckpointer() as reader:
-            restored = reader.restore(self.state_dir, args=args)['params']
+        with _reading_arrays(self.directory, self.step):
+            restored = _read_state(self.directory, self.step, args)['params']
             return flat_by_path(jax.block_until_ready(restored))
 
     def read(self, targets: dict[str, tuple[str, jax.ShapeDtypeStruct]]) -> dict[str, jax.Array]:
