@@ -31,6 +31,7 @@ OPTIONAL_MODULES = {
     'torch': 'torch',
     'transformers': 'torch',
     'ftfy': 'clip',
+    'wandb': 'wandb',
 }
 _CONTEXT_LINES = 4  # At most this many lines after the `error:` line.
 

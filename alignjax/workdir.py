@@ -10,7 +10,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -153,16 +153,40 @@ def write_config(workdir: str, config, step: int = 0) -> str | None:
 
 
 class MetricsWriter:
-    """Appends one JSON object per call to metrics.jsonl and mirrors it to TensorBoard."""
+    """Appends one JSON object per call to metrics.jsonl and mirrors it to TensorBoard and
+    to further sinks (Weights & Biases), process 0 only.
 
-    def __init__(self, workdir: str):
+    Args:
+      workdir: the run's workdir.
+      wandb: the fields of ``config.log.wandb`` (``project``, ``mode``, ``entity``, ``name``,
+        ...; see ``alignjax.wandb_sink.WandbSink``); a non-empty ``project`` adds a W&B sink
+        (``wandb`` is imported only then).
+      sinks: more sinks: objects with ``write(step, record)`` (``record``: the metrics.jsonl
+        dict, ``step`` and ``time`` included) and ``close()``.
+      run_config: the resolved config as a dict, recorded by sinks that keep one (W&B).
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        wandb: Mapping[str, Any] | None = None,
+        sinks: Sequence[Any] = (),
+        run_config: Mapping[str, Any] | None = None,
+    ):
         self.enabled = _is_writer()
         self.path = os.path.join(workdir, 'metrics.jsonl')
         self._tb = None
+        self._sinks: list[Any] = []
         if self.enabled:
             from tensorboardX import SummaryWriter  # A maintained writer without TensorFlow.
 
             self._tb = SummaryWriter(logdir=os.path.join(workdir, 'tensorboard'))
+            self._sinks = list(sinks)
+            wandb = wandb.to_dict() if hasattr(wandb, 'to_dict') else dict(wandb or {})
+            if wandb.get('project'):
+                from alignjax.wandb_sink import WandbSink  # Only when asked for: wandb is optional.
+
+                self._sinks.append(WandbSink(workdir, config=run_config, **wandb))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -175,10 +199,15 @@ class MetricsWriter:
             if key not in ('step', 'time') and isinstance(value, (int, float)):
                 self._tb.add_scalar(key, value, global_step=int(step))
         self._tb.flush()
+        for sink in self._sinks:  # The same record metrics.jsonl got.
+            sink.write(int(step), record)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        for sink in self._sinks:
+            sink.close()
+        self._sinks = []
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

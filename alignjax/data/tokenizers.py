@@ -26,6 +26,10 @@ Which text-tower pooling each tokenizer suits:
   ``vocab_size`` grows by one: that suits argmax pooling for towers trained from scratch.
   ``eos_is_max_id`` and ``last_token_is_eos`` say which holds for a tokenizer.
 
+``HFTokenizer`` (``name='hf'``, module ``alignjax.data.hf_tokenizer``) reads any Hugging
+Face ``tokenizer.json`` (SigLIP 2's Gemma, XLM-R, BERT, T5, CLIP) with the ``tokenizers``
+library; BOS/EOS are the file's own.
+
 ``build_tokenizer(config)`` builds one from a ConfigDict (see ``default_tokenizer_config``).
 All tokenizers pickle (grain workers run them).
 """
@@ -37,6 +41,7 @@ import zlib
 from typing import Any, Mapping
 
 from alignjax.data.clip_bpe import CLIPBPETokenizer
+from alignjax.data.hf_tokenizer import HFTokenizer
 from alignjax.data.tokenizer_base import Tokenizer
 
 __all__ = [
@@ -44,6 +49,7 @@ __all__ = [
     "WordHashTokenizer",
     "ByteTokenizer",
     "SentencePieceTokenizer",
+    "HFTokenizer",
     "build_tokenizer",
     "default_tokenizer_config",
     "TOKENIZERS",
@@ -201,6 +207,7 @@ TOKENIZERS = {
     "bytes": ByteTokenizer,
     "sentencepiece": SentencePieceTokenizer,
     "clip_bpe": CLIPBPETokenizer,
+    "hf": HFTokenizer,
 }
 
 # Config field -> which tokenizers use it. Fields a tokenizer does not use are ignored (so
@@ -211,9 +218,9 @@ _FIELDS = {
     "pad": tuple(TOKENIZERS),
     "add_bos": tuple(TOKENIZERS),
     "vocab_size": ("word_hash",),
-    "model_path": ("sentencepiece",),
-    "eos_mode": ("sentencepiece",),
-    "lower": ("sentencepiece",),
+    "model_path": ("sentencepiece", "hf"),
+    "eos_mode": ("sentencepiece", "hf"),
+    "lower": ("sentencepiece", "hf"),
     "bpe_path": ("clip_bpe",),
     "vocab_path": ("clip_bpe",),
     "use_ftfy": ("clip_bpe",),
@@ -223,11 +230,12 @@ _FIELDS = {
 def default_tokenizer_config():
     """ConfigDict of the default tokenizer (the demo's word-hash tokenizer).
 
-    Fields: name ('word_hash' | 'bytes' | 'sentencepiece'), vocab_size (word_hash only; for
-    the others the built tokenizer's ``vocab_size`` is the truth -- size the text embedding
-    from it), context_length, pad ('zero' | 'eos'), model_path (sentencepiece), add_bos
-    (None: the tokenizer's default), eos_mode (sentencepiece: 'native' | 'append'),
-    lower (sentencepiece).
+    Fields: name ('word_hash' | 'bytes' | 'sentencepiece' | 'clip_bpe' | 'hf'), vocab_size
+    (word_hash only; for the others the built tokenizer's ``vocab_size`` is the truth -- size
+    the text embedding from it), context_length, pad ('zero' | 'eos'), model_path
+    (sentencepiece: a .model file; hf: a Hugging Face tokenizer.json or its folder), add_bos
+    (None: the tokenizer's default), eos_mode (sentencepiece, hf: 'native' | 'append'),
+    lower (sentencepiece, hf), bpe_path / vocab_path / use_ftfy (clip_bpe).
     """
     import ml_collections  # pylint: disable=g-import-not-at-top
 
@@ -237,7 +245,7 @@ def default_tokenizer_config():
             vocab_size=4096,
             context_length=16,
             pad="zero",
-            model_path="",
+            model_path="",  # sentencepiece: a .model file; hf: a tokenizer.json (or its folder)
             add_bos=ml_collections.config_dict.placeholder(bool),
             eos_mode="native",
             lower=False,
@@ -272,5 +280,10 @@ def build_tokenizer(config: Mapping[str, Any] | Any) -> Tokenizer:
     if name == "sentencepiece" and not kwargs.get("model_path"):
         raise ValueError(
             "tokenizer.name='sentencepiece' needs tokenizer.model_path (a .model file)."
+        )
+    if name == "hf" and not kwargs.get("model_path"):
+        raise ValueError(
+            "tokenizer.name='hf' needs tokenizer.model_path (a Hugging Face tokenizer.json, "
+            "or the model folder holding it)."
         )
     return TOKENIZERS[name](**kwargs)
