@@ -10,6 +10,7 @@ error that names the closest valid one, instead of a silently ignored setting.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 
@@ -36,6 +37,17 @@ def base_config() -> ConfigDict:
     # `alignjax.train.accumulated_grads`).
     c.grad_accum_steps = 1
     c.log_every_steps = 50
+    # Metric sinks besides metrics.jsonl and TensorBoard. W&B: a non-empty `project` logs
+    # every metrics.jsonl record to a W&B run under <workdir>/wandb (resumed runs continue
+    # it); mode 'offline' needs no network (`wandb sync` uploads later), 'online' logs live.
+    # Needs `pip install 'alignjax[wandb]'`.
+    c.log = ConfigDict(
+        {
+            'wandb': ConfigDict(
+                {'project': '', 'mode': 'offline', 'entity': '', 'name': '', 'group': '', 'tags': ()}
+            )
+        }
+    )
     c.eval_every_steps = 500  # 0: evaluate only at the end.
     c.checkpoint_every_steps = 500  # Also always at the end, and on SIGTERM/SIGINT.
     c.keep_checkpoints = 3  # The newest K are kept...
@@ -142,6 +154,16 @@ def _migrate_loss_layout(loss: dict) -> dict:
     return out
 
 
+def _fill_missing(tree: dict, defaults: dict) -> None:
+    """Adds every field of `defaults` absent from `tree`, recursively (not into free-form
+    sections such as `evals`, whose entries are the user's)."""
+    for key, default in defaults.items():
+        if key not in tree:
+            tree[key] = copy.deepcopy(default)
+        elif isinstance(default, dict) and isinstance(tree[key], dict) and key not in _FREE_FORM:
+            _fill_missing(tree[key], default)
+
+
 def resolve(config: ConfigDict) -> ConfigDict:
     """Validates a training config once, completely; returns a locked copy.
 
@@ -151,6 +173,9 @@ def resolve(config: ConfigDict) -> ConfigDict:
     first inconsistent value (e.g. a batch not divisible by micro-batches).
     """
     tree = config.to_dict() if isinstance(config, ConfigDict) else dict(config)
+    # A config saved by an older alignjax (a run's config.json) lacks fields added since:
+    # they take their defaults, so it still runs as it did.
+    _fill_missing(tree, base_config().to_dict())
     objectives.import_modules(tree.get('imports', ()))
     tree['loss'] = objectives.validate_loss_config(_migrate_loss_layout(dict(tree.get('loss', {}))))
     config = ConfigDict(tree)

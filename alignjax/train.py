@@ -564,7 +564,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
     start = int(jax.device_get(state.step))
     # Only now is the run known to start: nothing in the workdir was touched before.
     workdir_lib.write_config(workdir, config, step=start)
-    writer = workdir_lib.MetricsWriter(workdir)
+    writer = workdir_lib.MetricsWriter(
+        workdir,
+        wandb=config.log.wandb,
+        run_config=json.loads(json.dumps(config.to_dict(), default=str)),
+    )
     progress = workdir_lib.Progress(config.total_steps, start, config.batch_size)
     halt_on_nan = config.nan_policy == 'halt'
 

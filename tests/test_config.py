@@ -2,6 +2,7 @@
 
 import os
 
+import ml_collections
 import pytest
 
 from alignjax import config as config_lib
@@ -63,3 +64,15 @@ def test_load_config_file_builds_on_another_config(tmp_path):
     assert (demo.loss.name, siglip.loss.name, clip.loss.name) == ('dreamlip', 'siglip', 'clip')
     with pytest.raises(FileNotFoundError, match='No config file'):
         config_lib.load_config_file(str(tmp_path / 'missing.py'))
+
+
+def test_a_config_saved_before_newer_fields_resolves_with_their_defaults():
+    """A run's config.json from an older alignjax lacks fields added since (`log`,
+    `ema.evaluate`): they take their defaults, the saved values are kept."""
+    saved = config_lib.base_config().to_dict()
+    del saved['log']
+    del saved['ema']['evaluate']
+    saved['ema']['decay'] = 0.5
+    resolved = config_lib.resolve(ml_collections.ConfigDict(saved))
+    assert resolved.log.wandb.project == '' and resolved.ema.evaluate is True
+    assert resolved.ema.decay == 0.5

@@ -218,7 +218,7 @@ def test_build_tokenizer(spm_model):
     assert isinstance(tok, tk.SentencePieceTokenizer) and tok.eos_id == 96
 
     with pytest.raises(
-        ValueError, match=r"valid names: \['bytes', 'clip_bpe', 'sentencepiece', 'word_hash'\]"
+        ValueError, match=r"valid names: \['bytes', 'clip_bpe', 'hf', 'sentencepiece', 'word_hash'\]"
     ):
         tk.build_tokenizer({"name": "bpe"})
     with pytest.raises(ValueError, match="valid fields: .*context_length"):
