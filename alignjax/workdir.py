@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from alignjax import wandb_sink
+
 
 def _is_writer() -> bool:
     return jax.process_index() == 0
@@ -184,9 +186,8 @@ class MetricsWriter:
             self._sinks = list(sinks)
             wandb = wandb.to_dict() if hasattr(wandb, 'to_dict') else dict(wandb or {})
             if wandb.get('project'):
-                from alignjax.wandb_sink import WandbSink  # Only when asked for: wandb is optional.
-
-                self._sinks.append(WandbSink(workdir, config=run_config, **wandb))
+                # WandbSink imports wandb (optional) only when it is built.
+                self._sinks.append(wandb_sink.WandbSink(workdir, config=run_config, **wandb))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
