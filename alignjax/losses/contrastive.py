@@ -70,12 +70,9 @@ def _explicit_mesh(*arrays):
     axes). The dense losses therefore run their body under ``jax.sharding.auto_axes``, which
     hands the partitioning to XLA exactly as for Auto axes; the gradient is still exact.
     """
-    typeof = getattr(jax, "typeof", None)
-    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
-    if typeof is None or explicit is None:
-        return None
+    explicit = jax.sharding.AxisType.Explicit
     for a in arrays:
-        mesh = getattr(getattr(typeof(a), "sharding", None), "mesh", None)
+        mesh = getattr(getattr(jax.typeof(a), "sharding", None), "mesh", None)
         if mesh is not None and explicit in tuple(getattr(mesh, "axis_types", ())):
             return getattr(mesh, "abstract_mesh", mesh)
     return None

@@ -35,16 +35,8 @@ from jax.sharding import PartitionSpec as P
 
 from alignjax.losses.contrastive import as_f32_scalar, check_pair
 
-try:  # jax >= 0.7: the public, non-experimental API.
-    from jax import shard_map as _jax_shard_map
-
-    def _shard_map(f, *, mesh, in_specs, out_specs):
-        return _jax_shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=True)
-except ImportError:  # pragma: no cover - older jax
-    from jax.experimental.shard_map import shard_map as _exp_shard_map
-
-    def _shard_map(f, *, mesh, in_specs, out_specs):
-        return _exp_shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=True)
+def _shard_map(f, *, mesh, in_specs, out_specs):
+    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=True)
 
 
 __all__ = ["siglip_loss_ring", "siglip_loss_ring_with_accuracy", "normalize_batch_axes"]
@@ -67,8 +59,7 @@ def normalize_batch_axes(batch_axes: str | Sequence[str], mesh) -> tuple[str, ..
 
 
 def _has_explicit_axes(mesh) -> bool:
-    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
-    return explicit is not None and explicit in tuple(getattr(mesh, "axis_types", ()))
+    return jax.sharding.AxisType.Explicit in tuple(getattr(mesh, "axis_types", ()))
 
 
 def _block(x, y, t, b, *, positives_on_diagonal: bool, with_accuracy: bool):
