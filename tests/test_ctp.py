@@ -1,5 +1,8 @@
 """CTP: loss math, the momentum and reference weight sets, the queue buffers, config errors."""
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,10 +10,11 @@ import pytest
 import tiny_config
 
 from alignjax import checkpoint as checkpoint_lib
-from alignjax import data, objectives, train
+from alignjax import continual, data, objectives, train
 from alignjax.config import resolve
 from alignjax.losses import ctp as ctp_lib
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUEUE = 48  # Three batches of 16: the pointer runs 16, 32, 0, 16, ...
 
 
@@ -276,3 +280,66 @@ def test_shapes_source_keeps_only_the_listed_classes():
     assert '\n' not in str(e.value)
     with pytest.raises(ValueError, match='leave no \\(shape, color\\) pair'):
         data.get_source('synthetic:shapes?shapes=star&colors=cyan', 'test')  # (star, cyan) is seen.
+
+
+# ----------------------------------------------------------------------------------------
+# The task-sequence driver and the continual-learning metrics.
+
+
+def test_continual_metrics_follow_the_standard_definitions():
+    r = [[0.9, 0.1, 0.2], [0.5, 0.8, 0.1], [0.6, 0.4, 0.7]]
+    m = continual.continual_metrics(r)
+    assert m['average_accuracy'] == pytest.approx((0.6 + 0.4 + 0.7) / 3)
+    assert m['forgetting'] == pytest.approx([0.9 - 0.6, 0.8 - 0.4])
+    assert m['average_forgetting'] == pytest.approx(0.35)
+    assert continual.continual_metrics([[0.5]])['average_forgetting'] is None
+
+
+def _sequence_config():
+    c = _config()
+    c.total_steps, c.checkpoint_every_steps = 2, 2
+    spec = 'synthetic:shapes?shapes={}'
+    ev = dict(type='zeroshot', split='val', num_examples=32, batch_size=16, tasks=('shape',))
+    tasks = [
+        continual.Task(train=spec.format(s), eval=dict(ev, data=spec.format(s)), steps=2)
+        for s in ('circle,square', 'star,ring')
+    ]
+    return c, tasks
+
+
+def test_the_driver_trains_every_task_from_the_previous_one_and_resumes(tmp_path, capsys):
+    c, tasks = _sequence_config()
+    workdir = str(tmp_path / 'seq')
+    devices = jax.devices()[:2]
+    out = continual.run_sequence(c, tasks, workdir, devices)
+    r = np.asarray(out['accuracy_matrix'])
+    assert r.shape == (2, 2) and np.all((0 <= r) & (r <= 1))
+    assert out['average_accuracy'] == pytest.approx(r[1].mean())
+    with open(f'{workdir}/continual.json') as f:
+        assert json.load(f)['accuracy_matrix'] == out['accuracy_matrix']
+    # Task 1 started from task 0's run, with it as CTP's frozen reference.
+    with open(f'{workdir}/task_1/config.json') as f:
+        saved = json.load(f)
+    assert saved['init_from']['path'] == saved['loss']['reference'] == f'{workdir}/task_0'
+    assert saved['loss']['task_index'] == 1 and set(saved['evals']) == {'task_0', 'task_1'}
+
+    # Finished tasks are skipped; a task whose final summary is missing resumes (its last
+    # checkpoint is the final step: only the final evaluation runs again).
+    os.remove(f'{workdir}/task_1/summary.json')
+    capsys.readouterr()
+    again = continual.run_sequence(c, tasks, workdir, devices)
+    log = capsys.readouterr().out
+    assert 'task 0: finished at step 2 (skipped)' in log and 'Resumed from step 2' in log
+    np.testing.assert_allclose(again['accuracy_matrix'], out['accuracy_matrix'], atol=1e-6)
+
+
+def test_the_ctp_config_gives_its_task_sequence():
+    config, tasks = continual.load(os.path.join(REPO, 'configs', 'ctp.py'))
+    assert config.loss.name == 'ctp' and len(tasks) == 4
+    shapes = [t.train.split('shapes=')[1].split(',') for t in tasks]
+    assert len({s for ss in shapes for s in ss}) == 8  # Each task brings new shapes.
+    c3 = continual.task_config(config, tasks, 3, '/runs/x')
+    assert c3.loss.task_index == 3 and c3.loss.reference == '/runs/x/task_2' == c3.init_from.path
+    resolve(c3)
+    base, _ = continual.load(os.path.join(REPO, 'configs', 'ctp.py') + ':clip')
+    assert base.loss.name == 'clip' and continual.task_config(base, tasks, 1, '/r').init_from.path == '/r/task_0'
