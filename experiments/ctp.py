@@ -35,10 +35,10 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
+import jax
 
-from alignjax import continual  # noqa: E402
-from alignjax.config import load_config_file  # noqa: E402
+from alignjax import continual
+from alignjax.config import load_config_file
 
 TASK_COLORS = (('red', 'orange', 'yellow'), ('green', 'cyan', 'blue'), ('purple', 'white'))
 METHODS = ('clip', 'ctp')
