@@ -35,6 +35,10 @@ reads "object"/"shape"), so a text model has to read words, not slot positions. 
 studies (spec ``synthetic:shapes?color_mention=0.5&object_scale=1.15``): ``color_mention``,
 the probability that a caption names the colour (default 0.95; images are unchanged), and
 ``object_scale``, a factor on every object's radius (default 1.0; labels are unchanged).
+For task splits (continual learning, ``alignjax.continual``), ``shapes`` and ``colors``
+keep only the (shape, color) pairs of the listed classes
+(``synthetic:shapes?shapes=circle,square&colors=red,blue``); labels still index
+``ATTRIBUTES`` and the zero-shot tasks keep every class.
 
 Example format: ``{'image': uint8 [H, W, 3], 'caption': str, 'labels': {attr: int}}``.
 With ``extra_captions=True`` (spec ``synthetic:shapes?extra_captions=true``) examples also
@@ -225,6 +229,18 @@ def _sdf(shape: str, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def _subset(names, valid: tuple[str, ...], field: str) -> frozenset[int]:
+    """Indices of the comma-separated (or listed) class ``names``; None: all of ``valid``."""
+    if names is None:
+        return frozenset(range(len(valid)))
+    listed = names.split(",") if isinstance(names, str) else list(names)
+    listed = [str(n).strip() for n in listed if str(n).strip()]
+    unknown = [n for n in listed if n not in valid]
+    if unknown or not listed:
+        raise ValueError(f"{field}={names!r}: unknown or no class names {unknown}; valid: {list(valid)}.")
+    return frozenset(valid.index(n) for n in listed)
+
+
 class ShapesDataset:
     """Random-access source of coloured-shape images with captions (grain compatible).
 
@@ -236,6 +252,8 @@ class ShapesDataset:
         distinguishable at 32).
       seed: dataset seed; example ``i`` is a pure function of ``(seed, split, i)``.
       num_examples: number of indices, or None for the split's default.
+      shapes, colors: class names (a list or comma-separated) to keep, or None for all:
+        only the split's (shape, color) pairs of those classes are drawn.
 
     ``ds[i]`` returns ``{'image': uint8 [S, S, 3], 'caption': str, 'labels': {attr: int}}``
     with labels indexing ``ATTRIBUTES[attr]``.
@@ -253,6 +271,8 @@ class ShapesDataset:
         hard_negatives: bool = False,
         color_mention: float = _P_MENTION["color"],
         object_scale: float = 1.0,
+        shapes: str | tuple[str, ...] | None = None,
+        colors: str | tuple[str, ...] | None = None,
     ):
         if split not in _SPLITS:
             raise ValueError(f"Unknown split {split!r}; valid splits: {sorted(_SPLITS)}.")
@@ -275,7 +295,14 @@ class ShapesDataset:
             )
         self.color_mention = float(color_mention)
         self.object_scale = float(object_scale)
-        self._pairs = _HELD_OUT if split == "test" else _SEEN
+        pairs = _HELD_OUT if split == "test" else _SEEN
+        keep_s, keep_c = _subset(shapes, SHAPES, "shapes"), _subset(colors, COLORS, "colors")
+        self._pairs = tuple(p for p in pairs if p[0] in keep_s and p[1] in keep_c)
+        if not self._pairs:
+            raise ValueError(
+                f"shapes={shapes!r} and colors={colors!r} leave no (shape, color) pair in split "
+                f"{split!r}; list more classes."
+            )
         s = self.image_size
         # Pixel-centre coordinates, shared by all examples.
         self._coords = np.arange(s, dtype=np.float32) + np.float32(0.5)

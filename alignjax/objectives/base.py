@@ -261,7 +261,11 @@ class Objective:
         return {}
 
     def buffers(self) -> dict[str, Buffer]:
-        """Non-trainable state this method keeps across steps: name -> :class:`Buffer`."""
+        """Non-trainable state this method keeps across steps: name -> :class:`Buffer`.
+
+        Called once, after :meth:`wrap_model` (so a method may size a queue from the model
+        it recorded there, e.g. ``embed_dim``).
+        """
         return {}
 
     def update_buffers(
