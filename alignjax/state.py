@@ -145,7 +145,7 @@ def weight_set_specs(config: ConfigDict, objective: objectives.Objective):
             kind='ema',
             decay=float(config.ema.decay),
             decay_schedule=config.ema.schedule,
-            evaluate=bool(config.ema.get('evaluate', True)),
+            evaluate=bool(config.ema.evaluate),
         )
     return specs
 

@@ -111,3 +111,24 @@ def summary_row(summary: dict[str, Any]) -> dict[str, float]:
 def mean_std(values) -> tuple[float, float]:
     values = [float(v) for v in values]
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def method_rows(names: dict[str, str], agg, metrics) -> list[str]:
+    """One Markdown row per method: its name, then ``mean ± std`` of each metric."""
+    return [
+        f"| {label} | "
+        + " | ".join(f"{agg[m][k][0]:.3f} ± {agg[m][k][1]:.3f}" for k in metrics)
+        + " |"
+        for m, label in names.items()
+    ]
+
+
+def write_result(out: str, result: dict[str, Any], table: str) -> None:
+    """Writes the experiment's JSON to ``out``, then prints its table, verdict and wall time."""
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(table)
+    print(json.dumps(result["verdict"], indent=1))
+    print(f"wall {result['wall_s']:.0f} s; wrote {out}")
+

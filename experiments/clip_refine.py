@@ -97,12 +97,7 @@ def main(argv=None):
         "mean_std": {m: {k: list(v) for k, v in agg[m].items()} for m in METHODS},
         "verdict": verdict, "wall_s": time.time() - t0,
     }  # fmt: skip
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(table(before, agg, a))
-    print(json.dumps(verdict, indent=1))
-    print(f"wall {result['wall_s']:.0f} s; wrote {a.out}")
+    _pretrained.write_result(a.out, result, table(before, agg, a))
 
 
 def table(before, agg, a) -> str:
@@ -116,10 +111,7 @@ def table(before, agg, a) -> str:
         ("| before (pre-trained) | " + " | ".join(f"{before[k]:.3f}" for k in METRICS) + " |"),
     ]
     names = {"finetune": "CLIP fine-tuning", "refine": "CLIP-Refine"}
-    for m in METHODS:
-        cells = [f"{agg[m][k][0]:.3f} ± {agg[m][k][1]:.3f}" for k in METRICS]
-        lines.append(f"| {names[m]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + _pretrained.method_rows(names, agg, METRICS))
 
 
 if __name__ == "__main__":

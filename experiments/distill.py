@@ -85,12 +85,7 @@ def main(argv=None):
         "runs": runs, "mean_std": {m: {k: list(v) for k, v in agg[m].items()} for m in METHODS},
         "verdict": verdict, "wall_s": time.time() - t0,
     }  # fmt: skip
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(table(teacher_row, agg, a))
-    print(json.dumps(verdict, indent=1))
-    print(f"wall {result['wall_s']:.0f} s; wrote {a.out}")
+    _pretrained.write_result(a.out, result, table(teacher_row, agg, a))
 
 
 def table(teacher_row, agg, a) -> str:
@@ -105,10 +100,7 @@ def table(teacher_row, agg, a) -> str:
          + " | ".join(f"{teacher_row[k]:.3f}" for k in METRICS) + " |"),
     ]
     names = {"alone": "student, CLIP alone", "distill": "student, distilled"}
-    for m in METHODS:
-        cells = [f"{agg[m][k][0]:.3f} ± {agg[m][k][1]:.3f}" for k in METRICS]
-        lines.append(f"| {names[m]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + _pretrained.method_rows(names, agg, METRICS))
 
 
 if __name__ == "__main__":

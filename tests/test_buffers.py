@@ -56,14 +56,6 @@ def _config(**loss):
     return c
 
 
-def _batch(seed):
-    rng = np.random.default_rng(seed)
-    return {
-        'image': rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
-        'tokens': rng.integers(1, 255, size=(16, 8)).astype(np.int32),
-    }
-
-
 def _host(tree):
     return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
 
@@ -82,7 +74,7 @@ def test_buffers_start_from_their_init_and_follow_update_buffers(trainer):
     queue = b0['queue'].copy()
     for step in range(3):
         before = _host(state.buffers)
-        state, metrics = t.step_fn(state, t.global_batch(_batch(step)))
+        state, metrics = t.step_fn(state, t.global_batch(tiny_config.random_batch(step)))
         # `loss` saw the buffers before the update.
         np.testing.assert_allclose(float(metrics['train/loss_queue_sum']), before['queue'].sum(), rtol=1e-5)
         after = _host(state.buffers)
@@ -102,7 +94,7 @@ def test_buffers_under_gradient_accumulation_equal_one_batch(trainer):
     for t in (trainer, train.build_trainer(c, jax.devices()[:2])):
         state = t.init_fn()
         for step in range(2):
-            state, _ = t.step_fn(state, t.global_batch(_batch(step)))
+            state, _ = t.step_fn(state, t.global_batch(tiny_config.random_batch(step)))
         states.append(_host(state.buffers))
     a, b = states
     np.testing.assert_allclose(a['queue'], b['queue'], rtol=1e-5, atol=1e-6)
@@ -113,7 +105,7 @@ def test_a_nonfinite_step_keeps_the_buffers(trainer):
     t = trainer
     state = t.init_fn()
     before = _host(state.buffers)
-    bad = _batch(0)
+    bad = tiny_config.random_batch(0)
     bad['image'][0, 0, 0, 0] = np.nan
     state, metrics = t.step_fn(state, t.global_batch(bad))
     assert not bool(metrics['finite'])
@@ -148,7 +140,7 @@ def test_buffers_are_checkpointed_and_restored_on_resume(tmp_path):
 def test_update_buffers_must_keep_every_buffer_and_its_shape(bad, message):
     t = train.build_trainer(_config(bad_update=bad), jax.devices()[:2])
     with pytest.raises(ValueError, match=message):
-        t.step_fn(t.init_fn(), t.global_batch(_batch(0)))
+        t.step_fn(t.init_fn(), t.global_batch(tiny_config.random_batch(0)))
 
 
 @flax.struct.dataclass

@@ -133,14 +133,6 @@ def _config(task_index=0, reference='', **loss):
     return c
 
 
-def _batch(seed):
-    rng = np.random.default_rng(seed)
-    return {
-        'image': rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
-        'tokens': rng.integers(1, 255, size=(16, 8)).astype(np.int32),
-    }
-
-
 def _host(tree):
     return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
 
@@ -217,7 +209,7 @@ def test_later_task_reference_is_frozen_and_momentum_is_compatible(
     ref = _host(state.weights['reference'])
     for step in range(2):
         before = _host(state)
-        state, metrics = t.step_fn(state, t.global_batch(_batch(step)))
+        state, metrics = t.step_fn(state, t.global_batch(tiny_config.random_batch(step)))
         if step == 0:  # The parameters start as the reference: nothing to preserve yet.
             assert abs(float(metrics['train/loss_topology_cross'])) < 1e-5
             assert abs(float(metrics['train/loss_topology_same'])) < 1e-5
@@ -236,7 +228,7 @@ def test_gradient_accumulation_is_exact(first_task, second_task):
     for t in (second_task, train.build_trainer(c, jax.devices()[:2])):
         state, losses = _started(t), []
         for step in range(2):
-            state, metrics = t.step_fn(state, t.global_batch(_batch(step)))
+            state, metrics = t.step_fn(state, t.global_batch(tiny_config.random_batch(step)))
             losses.append([float(metrics[k]) for k in ('train/loss', 'train/grad_norm')])
         results.append((losses, _host(state)))
     (la, a), (lb, b) = results

@@ -11,14 +11,6 @@ from alignjax.losses import clip_loss
 from alignjax.evaluate import __main__ as eval_cli
 
 
-def _batch(seed):
-    rng = np.random.default_rng(seed)
-    return {
-        'image': rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
-        'tokens': rng.integers(1, 255, size=(16, 8)).astype(np.int32),
-    }
-
-
 def _leaves(tree):
     return [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(jax.device_get(tree))]
 
@@ -33,7 +25,7 @@ def test_ema_update_equals_its_formula(schedule):
     for leaf, got in zip(ema, _leaves(state.weights['ema'])):
         np.testing.assert_array_equal(got, leaf)
     for step in range(3):
-        state, _ = t.step_fn(state, t.global_batch(_batch(step)))
+        state, _ = t.step_fn(state, t.global_batch(tiny_config.random_batch(step)))
         d = 0.8 if schedule == 'constant' else min(0.8, (1 + step) / (10 + step))
         ema = [d * e + (1 - d) * p for e, p in zip(ema, _leaves(state.params))]
         for want, got in zip(ema, _leaves(state.weights['ema'])):

@@ -4,6 +4,8 @@ python -m alignjax.train --config tests/tiny_config.py --workdir /tmp/x
 python -m alignjax.train --config tests/tiny_config.py:siglip --workdir /tmp/x
 """
 
+import numpy as np
+
 from alignjax.config import base_config
 
 
@@ -40,3 +42,13 @@ def get_config(arg=None):
         m.logit_scale_init, m.logit_bias_init = 10.0, -10.0
         c.optim.clamp_logit_scale = False
     return c
+
+
+def random_batch(seed: int) -> dict:
+    """A host batch for this config's defaults: 16 random 16 px images and token rows."""
+    rng = np.random.default_rng(seed)
+    return {
+        'image': rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+        'tokens': rng.integers(1, 255, size=(16, 8)).astype(np.int32),
+    }
+
