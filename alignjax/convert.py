@@ -7,6 +7,10 @@
     python -m alignjax.convert --from openai ViT-B-32.pt --out /ckpt/b32_openai   # torch
     python -m alignjax.convert --from big_vision webli_en_b16_224.npz \\
         --tokenizer-path c4_en.model --out /ckpt/siglip_b16
+    python -m alignjax.convert --from big_vision siglip2_b16_224.npz \\
+        --tokenizer-path siglip2/tokenizer.json --out /ckpt/siglip2_b16
+    # a SigLIP / SigLIP 2 / CLIP model already in the local Hugging Face cache (offline)
+    python -m alignjax.convert --from hf hf-hub:google/siglip2-base-patch16-224 --out D
 
     # back to a Hugging Face CLIPModel folder (from an export, a run or any format above)
     python -m alignjax.convert --from alignjax /ckpt/b32 --to hf --out /ckpt/b32_hf
@@ -22,7 +26,7 @@ import argparse
 import os
 import sys
 
-from alignjax import errors, interop, pretrained, weight_files
+from alignjax import errors, hub, interop, pretrained, weight_files
 
 
 def run(
@@ -44,6 +48,7 @@ def run(
         raise ValueError(f"Unknown --from {fmt!r}; valid: {', '.join(pretrained.FORMATS)}.")
     if to not in ("alignjax", "hf"):
         raise ValueError(f"Unknown --to {to!r}; valid: alignjax, hf.")
+    path = hub.resolve(path)  # hf-hub:ORG/NAME -> its folder in the local HF cache
     if not os.path.exists(path):
         raise weight_files.WeightFileMissing(f"{path} does not exist.")
     _, conv = pretrained.read_source(
@@ -65,7 +70,8 @@ def run(
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m alignjax.convert",
-        description="Convert CLIP/SigLIP checkpoints to alignjax (or alignjax to HF CLIPModel).",
+        description="Convert CLIP, SigLIP and SigLIP 2 checkpoints to alignjax "
+        "(or alignjax to HF CLIPModel).",
     )
     p.add_argument(
         "--from",
@@ -74,7 +80,9 @@ def main(argv=None) -> int:
         choices=("alignjax",) + interop.FORMATS,
         help="source format (alignjax: an export, or a training workdir)",
     )
-    p.add_argument("path", help="checkpoint file or folder")
+    p.add_argument(
+        "path", help="checkpoint file or folder, or hf-hub:ORG/NAME (local Hugging Face cache)"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--step", type=int, default=None, help="workdir step (default: newest good)")
     p.add_argument("--to", default="alignjax", choices=("alignjax", "hf"), help="output format")
@@ -82,7 +90,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--tokenizer-path",
         default=None,
-        help="CLIP BPE vocabulary or SentencePiece .model, when not stored with the weights",
+        help="CLIP BPE vocabulary, SentencePiece .model or tokenizer.json, when not stored "
+        "with the weights",
     )
     a = p.parse_args(argv)
     written = run(

@@ -55,6 +55,10 @@ TOKENIZER_KEY = 'alignjax_tokenizer'
 FILE_NAMES = ('params.safetensors', 'params.msgpack')
 PREPROCESS_FILE = 'preprocess.json'
 TOKENIZER_FILE = 'tokenizer.json'
+CONFIG_FILE = 'model_config.json'
+# The export's own JSON files; a vocabulary file of one of these names (an HF tokenizer.json)
+# is copied as vocab_<name>.
+_SIDECAR_FILES = (CONFIG_FILE, PREPROCESS_FILE, TOKENIZER_FILE)
 #: Tokenizer config fields that name a vocabulary file (copied beside the export).
 VOCAB_FIELDS = ('bpe_path', 'vocab_path', 'model_path')
 #: What a preprocess dict holds (`alignjax.pretrained.Preprocess`'s fields).
@@ -228,7 +232,10 @@ def _vocab_copies(tokenizer: dict[str, Any], folder: str) -> tuple[dict[str, Any
                 f'tokenizer.{k}={src!r} does not exist, and the export must carry the '
                 'vocabulary: put the file back there or pass --tokenizer-path FILE.'
             )
-        dst = os.path.join(folder, os.path.basename(src))
+        name = os.path.basename(src)
+        if name in _SIDECAR_FILES:  # a Hugging Face tokenizer.json: not our sidecar's name
+            name = f'vocab_{name}'
+        dst = os.path.join(folder, name)
         if os.path.abspath(src) != os.path.abspath(dst):
             if os.path.exists(dst) and not filecmp.cmp(src, dst, shallow=False):
                 raise ValueError(
@@ -236,7 +243,7 @@ def _vocab_copies(tokenizer: dict[str, Any], folder: str) -> tuple[dict[str, Any
                     'empty directory (it is not overwritten).'
                 )
             copies.append((src, dst))
-        tok[k] = os.path.basename(src)
+        tok[k] = name
     return tok, copies
 
 
@@ -313,7 +320,7 @@ def save(
             os.remove(tmp)
     for src, dst in copies:
         shutil.copyfile(src, dst)
-    sidecars = {'model_config.json': cfg}
+    sidecars = {CONFIG_FILE: cfg}
     if is_dir:
         sidecars.update({PREPROCESS_FILE: pp, TOKENIZER_FILE: tok})
     for name, value in sidecars.items():

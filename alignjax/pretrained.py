@@ -7,7 +7,9 @@
     out = clip.model.apply({"params": clip.params}, x, t)
     logits = out.logit_scale * out.zimg @ out.ztxt.T
 
-``path`` may be a Hugging Face ``CLIPModel`` folder, an open_clip hub folder, an OpenAI
+``path`` may be a Hugging Face ``CLIPModel`` or ``SiglipModel`` / ``Siglip2Model`` folder
+(SigLIP, SigLIP 2), a name ``hf-hub:ORG/NAME`` of one in the local Hugging Face cache (read
+offline, ``alignjax.hub``), an open_clip hub folder, an OpenAI
 ``.pt``, a big_vision ``.npz``, an alignjax export (``python -m alignjax.export`` or
 ``python -m alignjax.convert``: the params file with the model config, preprocessing and
 tokenizer it records) or an alignjax training workdir (its newest good checkpoint, with the
@@ -29,7 +31,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from alignjax import export, interop, models, weight_files
+from alignjax import export, hub, interop, models, weight_files
 from alignjax.data import clip_bpe, tokenizers, transforms
 from alignjax.interop import common
 from alignjax.interop.common import Converted
@@ -202,6 +204,7 @@ def detect_format(path: str) -> str:
     """One of :data:`FORMATS` from the files at ``path``: 'alignjax' (an export), 'run' (a
     training workdir, its checkpoints or one step), 'hf', 'open_clip', 'openai',
     'big_vision'."""
+    path = hub.resolve(path)
     if not os.path.exists(path):
         raise weight_files.WeightFileMissing(f"{path} does not exist.")
     if os.path.isdir(path):
@@ -237,7 +240,8 @@ def _build_tokenizer(cfg: dict):
                 "This checkpoint's text tower uses a SentencePiece model that is not stored "
                 "with the weights; pass tokenizer_path='.../sentencepiece.model' (SigLIP "
                 "English: big_vision's c4_en, gs://t5-data/vocabs/cc_en.32000/"
-                "sentencepiece.model)."
+                "sentencepiece.model; SigLIP 2: the Gemma tokenizer, e.g. the tokenizer.json "
+                "of a Hugging Face google/siglip2-* folder)."
             )
         return tokenizers.build_tokenizer(cfg)
     except FileNotFoundError as e:
@@ -269,7 +273,9 @@ def read_source(
     step: int | None = None,
 ) -> tuple[str, Converted]:
     """(format, :class:`Converted`) for weights in any of :data:`FORMATS` (``fmt`` None:
-    detected); what :func:`load_pretrained` and ``python -m alignjax.convert`` read."""
+    detected); what :func:`load_pretrained` and ``python -m alignjax.convert`` read.
+    ``hf-hub:ORG/NAME`` names are resolved from the local Hugging Face cache first."""
+    path = hub.resolve(path)
     fmt = fmt or detect_format(path)
     if fmt == "alignjax" and not export.is_export(path) and export.is_run(path):
         fmt = "run"  # `--from alignjax` / format='alignjax' on a training workdir
@@ -288,8 +294,12 @@ def read_source(
     else:
         raise ValueError(f"Unknown format {fmt!r}; valid: {', '.join(FORMATS)}.")
     if tokenizer_path and fmt in ("alignjax", "hf") and conv.tokenizer:
-        key = "model_path" if conv.tokenizer.get("name") == "sentencepiece" else "bpe_path"
-        conv.tokenizer = {**conv.tokenizer, key: tokenizer_path}
+        tok = dict(conv.tokenizer)
+        if tok.get("name") in ("sentencepiece", "hf"):
+            tok.update(name=common.sentencepiece_or_hf(tokenizer_path), model_path=tokenizer_path)
+        else:
+            tok["bpe_path"] = tokenizer_path
+        conv.tokenizer = tok
     return fmt, conv
 
 

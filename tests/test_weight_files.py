@@ -188,8 +188,8 @@ def test_hf_folder_without_weights_or_with_another_model_type(hf_folder, tmp_pat
     (d / "config.json").write_text(json.dumps({"model_type": "clip"}))
     with pytest.raises(ValueError, match="neither model.safetensors nor pytorch_model.bin"):
         interop.from_hf(str(d))
-    (d / "config.json").write_text(json.dumps({"model_type": "siglip"}))
-    with pytest.raises(ValueError, match="model_type='siglip'"):
+    (d / "config.json").write_text(json.dumps({"model_type": "blip"}))
+    with pytest.raises(ValueError, match="model_type='blip'"):
         interop.from_hf(str(d))
     (d / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json is not valid JSON"):

@@ -4,17 +4,21 @@ Each ``from_*`` returns a :class:`Converted` (model config, numpy params, prepro
 tokenizer settings); ``alignjax.load_pretrained`` wraps them in one call and
 ``python -m alignjax.convert`` writes them to disk for ``config.init_from``.
 
-* :func:`from_hf` / :func:`to_hf`: Hugging Face ``CLIPModel`` folders, both ways.
+* :func:`from_hf` / :func:`to_hf`: Hugging Face ``CLIPModel`` folders, both ways;
+  :func:`from_hf` also reads ``SiglipModel`` (SigLIP, SigLIP 2) and fixed-resolution
+  ``Siglip2Model`` folders (``hf_siglip``).
 * :func:`from_open_clip`: open_clip hub folders or state dicts + a model name/config.
 * :func:`from_openai`: OpenAI's ``.pt`` TorchScript archives (needs torch).
-* :func:`from_big_vision`: big_vision SigLIP / LiT ``.npz`` checkpoints.
+* :func:`from_big_vision`: big_vision SigLIP, SigLIP 2 and LiT ``.npz`` checkpoints.
 
 ``.safetensors`` and ``.npz`` are read without torch.
 """
 
+from alignjax.interop import common, hf_siglip
 from alignjax.interop.big_vision import from_big_vision
 from alignjax.interop.common import Converted, read_safetensors, stack_scan, write_safetensors
-from alignjax.interop.hf_clip import from_hf, to_hf
+from alignjax.interop.hf_clip import from_hf_clip, to_hf
+from alignjax.interop.hf_siglip import from_hf_siglip
 from alignjax.interop.open_clip import from_open_clip
 from alignjax.interop.openai import from_openai
 
@@ -26,6 +30,8 @@ __all__ = [
     "convert",
     "from_big_vision",
     "from_hf",
+    "from_hf_clip",
+    "from_hf_siglip",
     "from_open_clip",
     "from_openai",
     "read_safetensors",
@@ -33,6 +39,16 @@ __all__ = [
     "to_hf",
     "write_safetensors",
 ]
+
+
+def from_hf(path: str) -> Converted:
+    """Converts a Hugging Face model folder (or a file in it) by its ``config.json``'s
+    ``model_type``: 'clip' (:func:`from_hf_clip`), 'siglip' / 'siglip2'
+    (:func:`from_hf_siglip`)."""
+    _, hf = common.read_hf_config(path)
+    if hf.get("model_type") in hf_siglip.MODEL_TYPES:
+        return from_hf_siglip(path)
+    return from_hf_clip(path)
 
 
 def convert(fmt: str, path: str, **kwargs) -> Converted:

@@ -1,4 +1,4 @@
-"""big_vision two-tower checkpoints (SigLIP, LiT) in ``.npz`` layout -> alignjax.
+"""big_vision two-tower checkpoints (SigLIP, SigLIP 2, LiT) in ``.npz`` layout -> alignjax.
 
 big_vision saves a flattened parameter tree: one ``.npz`` entry per leaf, named by its path
 joined with ``/`` (optionally under ``params/`` or ``opt/target/``). The two-tower model
@@ -35,6 +35,12 @@ pooling with sticky EOS padding). SigLIP's tokenizer settings: SentencePiece wit
 model's own EOS, ``pad='eos'`` (big_vision ``eos='sticky'``), no BOS, context = the text
 position-embedding length; images squashed (no crop) to the model size, bilinear, scaled
 to [-1, 1].
+
+SigLIP 2's fixed-resolution ``.npz`` files (``siglip2_b16_224.npz``, ...) have this layout
+too; only the vocabulary (Gemma's, 256k ids) and so the tokenizer differ. A 256k text
+embedding selects SigLIP 2's text settings: lower-cased text (as big_vision's demo and
+transformers' ``Siglip2Tokenizer``), no BOS, sticky EOS, context 64 (the position embedding).
+The NaFlex ``.npz`` files (``naflex_vit.py``, variable patch grids) are not converted.
 """
 
 from __future__ import annotations
@@ -215,7 +221,9 @@ def from_big_vision(
       path: the ``.npz`` file (e.g. ``webli_en_b16_224_63724782.npz``).
       tokenizer_path: the SentencePiece ``.model`` of the text tower (SigLIP English:
         big_vision's ``c4_en`` = ``gs://t5-data/vocabs/cc_en.32000/sentencepiece.model``;
-        multilingual: the 250k ``mc4`` model). Default: a single ``*.model`` next to the npz.
+        multilingual: the 250k ``mc4`` model; SigLIP 2: the Gemma tokenizer), or a Hugging
+        Face ``tokenizer.json`` (e.g. from a ``google/siglip2-*`` folder). Default: a single
+        ``*.model`` next to the npz.
       image_size: input size; default ``sqrt(N) * patch`` from the position embedding.
     """
     tree = load_npz(path)
@@ -238,6 +246,9 @@ def from_big_vision(
     if tokenizer_path is None:
         found = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(path)), "*.model")))
         tokenizer_path = found[0] if len(found) == 1 else ""
+    # SigLIP 2 (Gemma's 256k vocabulary) was trained on lower-cased text (big_vision's demo
+    # runs `lower` before `tok`); its tokenizer may also be given as a tokenizer.json.
+    siglip2 = mc["text"]["vocab_size"] == common.GEMMA_VOCAB
     return Converted(
         model_config=mc,
         params=params,
@@ -245,11 +256,12 @@ def from_big_vision(
             size=size, resize_mode="squash", interpolation="bilinear", mean=[0.5] * 3, std=[0.5] * 3
         ),
         tokenizer=dict(
-            name="sentencepiece",
+            name=common.sentencepiece_or_hf(tokenizer_path),
             model_path=tokenizer_path,
             context_length=mc["text"]["context_length"],
             pad="eos",
             eos_mode="native",
             add_bos=False,
+            lower=siglip2,
         ),
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -57,6 +58,14 @@ _ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 #: OpenAI CLIP image statistics (RGB, [0, 1] scale), shared by OpenAI, open_clip and HF CLIP.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+#: Gemma's vocabulary size: a SigLIP 2 text tower (big_vision .npz or Hugging Face).
+GEMMA_VOCAB = 256_000
+
+
+def sentencepiece_or_hf(path: str) -> str:
+    """Tokenizer name for a vocabulary file: 'hf' for a ``tokenizer.json`` (or a folder
+    holding one), else 'sentencepiece' (a ``.model``)."""
+    return "hf" if path.endswith(".json") or os.path.isdir(path) else "sentencepiece"
 
 
 @dataclasses.dataclass
@@ -356,3 +365,60 @@ def unstack_scan(params: Params) -> Params:
         return node
 
     return visit(params)
+
+
+# ------------------------------------------------------------------ Hugging Face folders
+
+
+def read_hf_config(path: str) -> tuple[str, dict]:
+    """(folder, its ``config.json``) for a Hugging Face model folder or a file in it.
+
+    Raises:
+      WeightFileMissing: no ``config.json``.
+      WeightFileError: a ``config.json`` that is not a model config (an alignjax run's
+        resolved config is named as such).
+    """
+    if os.path.isfile(path):
+        path = os.path.dirname(path)
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise WeightFileMissing(f"{path} has no config.json; is it a Hugging Face model folder?")
+    hf = read_json(cfg_path)
+    if "model_type" not in hf and "vision_config" not in hf:
+        run = "model" in hf and "data" in hf  # an alignjax training run's resolved config
+        raise WeightFileError(
+            f"{cfg_path} is not a Hugging Face model config (no model_type, no vision_config)"
+            + ("; this is an alignjax training workdir: use --from alignjax" if run else ".")
+        )
+    return path, hf
+
+
+def read_hf_weights(path: str, what: str) -> tuple[dict[str, np.ndarray], str]:
+    """(state dict, source name for messages) of a Hugging Face folder: ``model.safetensors``
+    (no torch), ``pytorch_model.bin`` (torch) or the shards a ``model.safetensors.index.json``
+    lists. ``what`` names the model kind in messages ('HF CLIPModel').
+
+    Raises:
+      WeightFileMissing: none of those files.
+      WeightFileError: a damaged file, or an index naming tensors no shard holds.
+    """
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        wpath = os.path.join(path, name)
+        if os.path.exists(wpath):
+            return read_state_dict(wpath), f"{what} {wpath}"
+    index = os.path.join(path, "model.safetensors.index.json")
+    if not os.path.exists(index):
+        raise WeightFileMissing(f"{path} has neither model.safetensors nor pytorch_model.bin.")
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise WeightFileError(f"{index} has no weight_map: damaged; re-download it.")
+    sd: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        sd.update(read_safetensors(os.path.join(path, shard)))
+    lost = sorted(set(weight_map) - set(sd))
+    if lost:
+        raise WeightFileError(
+            f"{index} lists tensors no shard holds (e.g. {lost[0]!r} in "
+            f"{weight_map[lost[0]]}): a shard is damaged or stale; re-download it."
+        )
+    return sd, f"{what} {path}"

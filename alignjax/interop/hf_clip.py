@@ -1,6 +1,6 @@
 """Hugging Face ``transformers`` CLIPModel <-> alignjax, both ways.
 
-Import: ``from_hf(directory)`` reads ``config.json`` and ``model.safetensors`` (no torch) or
+Import: ``from_hf_clip(directory)`` (what ``interop.from_hf`` calls for CLIP folders) reads ``config.json`` and ``model.safetensors`` (no torch) or
 ``pytorch_model.bin`` (torch), plus ``preprocessor_config.json`` and the tokenizer files
 (``vocab.json`` + ``merges.txt``) when present.
 
@@ -211,57 +211,21 @@ def tokenizer_from_dir(path: str, context_length: int) -> dict:
     )
 
 
-def from_hf(path: str) -> Converted:
-    """Converts a Hugging Face ``CLIPModel`` directory (or its ``config.json``'s folder).
+def from_hf_clip(path: str) -> Converted:
+    """Converts a Hugging Face ``CLIPModel`` folder, or a file in it (``interop.from_hf``
+    sends SigLIP folders to ``hf_siglip`` instead).
 
     Returns:
       :class:`Converted` with the matching model config, params, preprocess and tokenizer
       settings.
     """
-    if os.path.isfile(path):
-        path = os.path.dirname(path)
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.exists(cfg_path):
-        raise common.WeightFileMissing(
-            f"{path} has no config.json; is it a Hugging Face CLIP folder?"
-        )
-    hf = common.read_json(cfg_path)
-    if "model_type" not in hf and "vision_config" not in hf:
-        run = "model" in hf and "data" in hf  # an alignjax training run's resolved config
-        raise common.WeightFileError(
-            f"{cfg_path} is not a Hugging Face model config (no model_type, no vision_config)"
-            + ("; this is an alignjax training workdir: use --from alignjax" if run else ".")
-        )
+    path, hf = common.read_hf_config(path)
     if hf.get("model_type", "clip") != "clip":
         raise common.WeightFileError(
-            f"{cfg_path}: model_type={hf.get('model_type')!r}; from_hf converts 'clip' models "
-            "(for SigLIP use the big_vision .npz checkpoints with --from big_vision)."
+            f"{os.path.join(path, 'config.json')}: model_type={hf.get('model_type')!r}; "
+            "alignjax converts Hugging Face 'clip', 'siglip' and 'siglip2' models."
         )
-    source = f"HF CLIPModel {path}"
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        wpath = os.path.join(path, name)
-        if os.path.exists(wpath):
-            sd = common.read_state_dict(wpath)
-            source = f"HF CLIPModel {wpath}"
-            break
-    else:
-        index = os.path.join(path, "model.safetensors.index.json")
-        if not os.path.exists(index):
-            raise common.WeightFileMissing(
-                f"{path} has neither model.safetensors nor pytorch_model.bin."
-            )
-        weight_map = common.read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise common.WeightFileError(f"{index} has no weight_map: damaged; re-download it.")
-        sd = {}
-        for shard in sorted(set(weight_map.values())):
-            sd.update(common.read_safetensors(os.path.join(path, shard)))
-        lost = sorted(set(weight_map) - set(sd))
-        if lost:
-            raise common.WeightFileError(
-                f"{index} lists tensors no shard holds (e.g. {lost[0]!r} in "
-                f"{weight_map[lost[0]]}): a shard is damaged or stale; re-download it."
-            )
+    sd, source = common.read_hf_weights(path, "HF CLIPModel")
     mc = model_config_from_hf(hf)
     params = params_from_hf(sd, mc, source)
     pp_path = os.path.join(path, "preprocessor_config.json")
