@@ -8,10 +8,15 @@ pretrained, cache_dir, device)`, which must return `(model, transform, tokenizer
 This module provides them (torch is needed only for this bridge; the embeddings are computed
 by the jitted JAX model on the default mesh):
 
-  pip install clip_benchmark
   python -m alignjax.evaluate.clip_benchmark eval --model_type alignjax \\
-      --model /path/to/workdir --pretrained latest \\
-      --dataset cifar10 --task zeroshot_classification --output result.json
+      --model /path/to/workdir --pretrained latest --no_amp \\
+      --dataset wds/mydata --dataset_root /data/mydata_wds \\
+      --task zeroshot_classification --num_workers 2 --output result.json
+
+`--no_amp` keeps CLIP_benchmark's own logits float32 on CPU (autocast means bfloat16 there);
+a `wds/` dataset needs `--num_workers` <= its shard count. Installing CLIP_benchmark (its
+CLI needs torchvision and open_clip built for your torch; its metrics need numpy < 2.4):
+docs/EVALUATION.md.
 
 `--model` is a training workdir (its config.json and checkpoints/), `--pretrained` a step
 number or 'latest'. The entry point registers the 'alignjax' model type with CLIP_benchmark
@@ -22,6 +27,7 @@ work without torch on numpy arrays (`encode_image` of NHWC or NCHW float images)
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from typing import Any
@@ -29,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from alignjax import errors, restore
+from alignjax import errors, restore, weight_files
 from alignjax.data import transforms as T
 from alignjax.evaluate.embed import Embedder
 
@@ -128,7 +134,12 @@ def load_alignjax(
 
 
 def register() -> None:
-    """Adds model type 'alignjax' to CLIP_benchmark's registry (`--model_type alignjax`)."""
+    """Adds model type 'alignjax' to CLIP_benchmark's registry (`--model_type alignjax`).
+
+    Raises:
+      ImportError: CLIP_benchmark, or a package its model registry imports (open_clip,
+        torchvision), is missing; the message says which (see `import_cli`).
+    """
     from clip_benchmark import models as cb_models
 
     cb_models.TYPE2FUNC['alignjax'] = load_alignjax
@@ -136,13 +147,47 @@ def register() -> None:
         cb_models.MODEL_TYPES.append('alignjax')
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m alignjax.evaluate.clip_benchmark <clip_benchmark arguments>`."""
+def import_cli():
+    """`clip_benchmark.cli` with the 'alignjax' model type registered.
+
+    CLIP_benchmark's CLI imports open_clip (its model registry), torchvision (its dataset
+    builder), webdataset and scikit-learn at start-up, whatever the model and dataset; only
+    its metric functions (`clip_benchmark.metrics`) need no more than torch and scikit-learn.
+
+    Raises:
+      SystemExit: one line saying whether CLIP_benchmark itself is missing, or which of the
+        packages it imports is missing or broken (e.g. a torchvision built for another
+        torch), and what to install.
+    """
+    if importlib.util.find_spec('clip_benchmark') is None:
+        raise SystemExit(
+            'CLIP_benchmark is not installed: pip install clip-benchmark (its CLI also needs '
+            'torchvision and open_clip_torch matching your torch; see docs/EVALUATION.md).'
+        )
     try:
         register()
         from clip_benchmark import cli
     except ImportError as e:
-        raise SystemExit(f'CLIP_benchmark is not installed ({e}); pip install clip_benchmark.')
+        missing = getattr(e, 'name', None) or str(e)
+        reason = weight_files.short_reason(e)
+        raise SystemExit(
+            f'CLIP_benchmark is installed, but {missing!r}, which its CLI imports, is '
+            f'missing ({reason}); install it (CLIP_benchmark needs torchvision, '
+            'open_clip_torch, webdataset and scikit-learn; see docs/EVALUATION.md).'
+        ) from None
+    except Exception as e:  # noqa: BLE001 -- e.g. torchvision's ops failing to load
+        reason = weight_files.short_reason(e)
+        raise SystemExit(
+            'CLIP_benchmark is installed, but importing its CLI failed '
+            f'({type(e).__name__}: {reason}); a torchvision built for another '
+            'torch fails this way: install the torchvision release made for your torch.'
+        ) from None
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m alignjax.evaluate.clip_benchmark <clip_benchmark arguments>`."""
+    cli = import_cli()
     sys.argv = [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)
     cli.main()
 
