@@ -52,6 +52,11 @@ ConfigDict = ml_collections.ConfigDict
 # The train step.
 
 
+# Batch key added by the step when the image tower drops patches: each row's index in the
+# global batch (the patch-dropout masks are drawn from it).
+EXAMPLE_INDEX = '_example_index'
+
+
 def _split_micro(x: jax.Array, num_micro: int) -> jax.Array:
     """[B, ...] -> [M, B/M, ...] with micro-batch k = rows k, k+M, k+2M, ...
 
@@ -175,6 +180,26 @@ def make_train_step(
 
         return apply
 
+    patch_dropout = float(dict(model.image or {}).get('patch_dropout') or 0.0)
+
+    def bind_training(params, mb, rng) -> Callable:
+        """`bind` for the objective's forward: calls with `train=True` get the patch-dropout
+        rng and, for images of the batch's size, each row's index in the global batch
+        (`mb[EXAMPLE_INDEX]`), so a row's mask does not depend on the micro-batch split."""
+        if not patch_dropout:
+            return bind(model, params)
+        rows = mb[EXAMPLE_INDEX]
+
+        def apply(*args, **kwargs):
+            if kwargs.get('train'):
+                kwargs.setdefault('rngs', {'patch_dropout': rng})
+                images = args[0] if args else kwargs.get('images')
+                if images is not None and images.shape[0] == rows.shape[0]:
+                    kwargs.setdefault('example_ids', rows)
+            return model.apply({'params': params}, *args, **kwargs)
+
+        return apply
+
     def context(state: TrainState) -> objectives.StepContext:
         weights = jax.lax.stop_gradient(state.weights)
         apply_with = {n: bind(e.model, weights[n]) for n, e in build.extra.items()}
@@ -188,6 +213,10 @@ def make_train_step(
         # split, so gradient accumulation sees the same batch as one big step.
         prep_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1)
         batch = objective.prepare(batch, prep_rng, ctx)
+        patch_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2)
+        if patch_dropout:  # Row indices travel with the rows through a micro-batch split.
+            rows = jax.tree_util.tree_leaves(batch)[0].shape[0]
+            batch = {**batch, EXAMPLE_INDEX: jnp.arange(rows, dtype=jnp.int32)}
 
         def forward(params, mb):
             if frozen:  # No backward pass through frozen towers (LiT): they are constants.
@@ -195,7 +224,7 @@ def make_train_step(
                 params = jax.tree_util.tree_map(
                     lambda f, p: jax.lax.stop_gradient(p) if f else p, mask, params
                 )
-            return objective.forward(bind(model, params), mb, ctx)
+            return objective.forward(bind_training(params, mb, patch_rng), mb, ctx)
 
         def loss_of_out(out):
             return objective.loss(out, batch, ctx)

@@ -37,6 +37,8 @@ METHOD_FIELDS = {  # Switch on every part of the methods that has one.
 CASES = [(n, {}) for n in ACCUMULATING] + [
     ('clip', {'optim.freeze': ('img/.*',)}),  # LiT: a frozen tower.
     ('clip', {'ema.decay': 0.9}),  # An EMA copy updated by the step.
+    # FLIP patch dropout: a row's mask follows its global index, not the micro-batch split.
+    ('clip', {'model.image.patch_dropout': 0.5}),
 ]
 
 
@@ -71,8 +73,11 @@ def _config(name, overrides, accum):
     c.optim.lr = 10.0  # Updates ~1e-2 g: far above float32 rounding of the parameters.
     c.optim.warmup_steps, c.optim.schedule = 0, 'constant'
     for key, value in overrides.items():
-        section, field = key.split('.')
-        c[section][field] = value
+        *path, field = key.split('.')
+        node = c
+        for part in path:
+            node = node[part]
+        node[field] = value
     return c
 
 

@@ -172,6 +172,7 @@ class TwoTower(nn.Module):
         train: bool = False,
         text_embeddings: Optional[Array] = None,
         image_prompts: Optional[Array] = None,
+        example_ids: Optional[Array] = None,
     ) -> TwoTowerOutput:
         """Embeds a batch of images and/or texts.
 
@@ -182,15 +183,17 @@ class TwoTower(nn.Module):
             unit-normalised (FILIP-style token-wise losses), and the text mask.
           return_raw: also return the pooled, projected embeddings before the L2
             normalisation (``img_raw`` / ``txt_raw``, float32).
-          train: reserved for stochastic layers (dropout, patch dropout); no effect yet.
+          train: training mode: the image tower's patch dropout (``image.patch_dropout``)
+            is on, drawing from the ``'patch_dropout'`` rng stream.
           text_embeddings: [B, L, Wt] input embeddings replacing the lookup of ``tokens``
             (which still give pooling position and mask), or None.
           image_prompts: [P, Wi] or [B, P, Wi] visual prompt tokens, or None.
+          example_ids: [B] int, each image's index in the global batch (patch dropout draws
+            example i's mask from it; None: ``arange(B)``).
 
         Returns:
           :class:`TwoTowerOutput`.
         """
-        del train  # no stochastic layers yet
         if text_embeddings is not None and tokens is None:
             raise ValueError(
                 "text_embeddings need tokens as well: the tokens define the text mask and "
@@ -201,7 +204,7 @@ class TwoTower(nn.Module):
         out: dict[str, Any] = {}
         if images is not None:
             self._need("img")
-            pooled, toks = self.img(images, image_prompts)
+            pooled, toks = self.img(images, image_prompts, train=train, example_ids=example_ids)
             out["zimg"] = l2_normalize(pooled)
             if return_raw:
                 out["img_raw"] = pooled.astype(jnp.float32)
@@ -267,6 +270,8 @@ def default_model_config() -> ml_collections.ConfigDict:
                 pre_norm=True,
                 head=True,
                 head_bias=False,
+                # FLIP: fraction of patch tokens dropped per example in training (0: off).
+                patch_dropout=0.0,
             ),
             text=dict(
                 variant=None,

@@ -103,10 +103,20 @@ class ViT(nn.Module):
       ln_eps: LayerNorm epsilon (1e-6 as big_vision/SigLIP; OpenAI CLIP uses 1e-5).
       remat, scan, dtype, param_dtype, attention_impl: see ``layers.Encoder``.
 
-    ``__call__(images [B, H, W, C], prompts [P, width] | [B, P, width] | None) ->
-    (pooled [B, out_dim or width], tokens [B, N, out_dim or width])``, in ``dtype``.
-    ``tokens`` are the final-normed patch tokens (the class token is not among them), through
-    ``head`` when there is one.
+    ``__call__(images [B, H, W, C], prompts [P, width] | [B, P, width] | None, *, train,
+    example_ids) -> (pooled [B, out_dim or width], tokens [B, N, out_dim or width])``, in
+    ``dtype``. ``tokens`` are the final-normed patch tokens (the class token is not among
+    them), through ``head`` when there is one.
+
+    Patch dropout (FLIP, Li et al. 2023, arXiv:2212.00794): with ``patch_dropout = r > 0`` and
+    ``train=True``, each example keeps a random ``K = max(1, round((1 - r) N))`` of its N patch
+    tokens (position embedding already added, kept in their spatial order) and drops the rest
+    before the encoder: the encoder runs on ``K`` (+ class token, prompts) tokens, so its cost
+    falls by about the factor ``1 - r``, and ``tokens`` is ``[B, K, .]``. Example i's subset is
+    the ``K`` smallest of ``u_i ~ U(0, 1)^N`` drawn from ``fold_in(rng, example_ids[i])``
+    (``rng``: the ``'patch_dropout'`` stream, ``example_ids`` default ``arange(B)``), so it
+    depends on the example's index in the global batch, not on how the batch is split into
+    micro-batches. ``train=False`` (evaluation) or ``r = 0`` is the plain ViT.
 
     Visual prompts (VPT-shallow, arXiv:2203.12119): ``prompts`` are extra input tokens, the
     sequence becomes ``[cls] p_1..p_P x_1..x_N`` ('tok') or ``p_1..p_P x_1..x_N``. They are
@@ -136,15 +146,28 @@ class ViT(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     attention_impl: Optional[str] = None
+    patch_dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, images: Array, prompts: Optional[Array] = None) -> tuple[Array, Array]:
+    def __call__(
+        self,
+        images: Array,
+        prompts: Optional[Array] = None,
+        *,
+        train: bool = False,
+        example_ids: Optional[Array] = None,
+    ) -> tuple[Array, Array]:
         if self.posemb not in POSEMBS:
             raise ValueError(f"Unknown posemb {self.posemb!r}. Valid: {POSEMBS}.")
         if self.pool not in POOLS:
             raise ValueError(f"Unknown pool {self.pool!r}. Valid: {POOLS}.")
         if images.ndim != 4:
             raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}.")
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ValueError(
+                f"patch_dropout must be in [0, 1) (the fraction of patch tokens dropped in "
+                f"training), got {self.patch_dropout}."
+            )
         p = self.patch_size
         if images.shape[1] % p or images.shape[2] % p:
             raise ValueError(f"Image size {images.shape[1:3]} is not divisible by patch_size={p}.")
@@ -205,6 +228,10 @@ class ViT(nn.Module):
             if tok:
                 x = jnp.concatenate([cls, x], axis=1)
 
+        if train and self.patch_dropout > 0:  # FLIP: before the prompts and the encoder
+            cls_token, patches = x[:, : int(tok)], x[:, int(tok) :]
+            x = jnp.concatenate([cls_token, self._drop_patches(patches, example_ids)], axis=1)
+
         n_prompts = 0
         if prompts is not None:
             n_prompts = prompts.shape[-2]
@@ -254,3 +281,15 @@ class ViT(nn.Module):
             )
             pooled, tokens = head(pooled), head(tokens)
         return pooled, tokens
+
+    def _drop_patches(self, patches: Array, example_ids: Optional[Array]) -> Array:
+        """[B, N, D] -> [B, K, D]: each example's kept patch tokens, in spatial order."""
+        b, n, _ = patches.shape
+        keep = max(1, int(round((1.0 - self.patch_dropout) * n)))
+        ids = jnp.arange(b) if example_ids is None else jnp.asarray(example_ids)
+        if ids.shape != (b,):
+            raise ValueError(f"example_ids must have shape ({b},), got {ids.shape}.")
+        rng = self.make_rng("patch_dropout")
+        noise = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(rng, i), (n,)))(ids)
+        kept = jnp.sort(jnp.argsort(noise, axis=1)[:, :keep], axis=1)  # [B, K]
+        return jnp.take_along_axis(patches, kept[:, :, None], axis=1)
