@@ -5,6 +5,8 @@
       --json runs/bench/bench_s.json
   python experiments/bench_train_step.py --models vit_b16_clip,vit_b16_siglip \
       --batch_sizes 256,512 --json runs/bench/gpu.json              # accelerator
+  python experiments/bench_train_step.py --models demo,bench-s \
+      --variants base,pdrop50,pdrop75 --torch off             # FLIP patch dropout
 
 For each (model, variant) it builds the real `alignjax.train.build_trainer(config)` step
 (jitted, sharded over the mesh, donated state), and reports:
@@ -120,6 +122,9 @@ VARIANTS = {
     'attn_xla': {'model.attention_impl': 'xla'},
     'attn_cudnn': {'model.attention_impl': 'cudnn', 'model.dtype': 'bfloat16'},
     'fsdp': {'mesh': {'data': 1, 'fsdp': -1, 'tensor': 1}},
+    # FLIP patch dropout: the fraction of patch tokens each example drops in training.
+    'pdrop50': {'model.image.patch_dropout': 0.5},
+    'pdrop75': {'model.image.patch_dropout': 0.75},
 }
 
 
