@@ -186,8 +186,9 @@ def make_train_step(
         """`bind` for the objective's forward: calls with `train=True` get the patch-dropout
         rng and, for images of the batch's size, each row's index in the global batch
         (`mb[EXAMPLE_INDEX]`), so a row's mask does not depend on the micro-batch split."""
+        plain = bind(model, params)
         if not patch_dropout:
-            return bind(model, params)
+            return plain
         rows = mb[EXAMPLE_INDEX]
 
         def apply(*args, **kwargs):
@@ -196,7 +197,7 @@ def make_train_step(
                 images = args[0] if args else kwargs.get('images')
                 if images is not None and images.shape[0] == rows.shape[0]:
                     kwargs.setdefault('example_ids', rows)
-            return model.apply({'params': params}, *args, **kwargs)
+            return plain(*args, **kwargs)
 
         return apply
 
@@ -213,8 +214,9 @@ def make_train_step(
         # split, so gradient accumulation sees the same batch as one big step.
         prep_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1)
         batch = objective.prepare(batch, prep_rng, ctx)
-        patch_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2)
+        patch_rng = None
         if patch_dropout:  # Row indices travel with the rows through a micro-batch split.
+            patch_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2)
             rows = jax.tree_util.tree_leaves(batch)[0].shape[0]
             batch = {**batch, EXAMPLE_INDEX: jnp.arange(rows, dtype=jnp.int32)}
 

@@ -317,6 +317,38 @@ def block_from_torch(get, prefix: str, names: Mapping[str, str], num_heads: int)
     }
 
 
+#: A Hugging Face transformer block (CLIP, SigLIP): alignjax part -> torch key stem under
+#: ``...encoder.layers.{i}.`` (see :func:`block_from_torch`).
+HF_BLOCK = dict(
+    ln_attn="layer_norm1",
+    q="self_attn.q_proj",
+    k="self_attn.k_proj",
+    v="self_attn.v_proj",
+    out="self_attn.out_proj",
+    ln_mlp="layer_norm2",
+    fc1="mlp.fc1",
+    fc2="mlp.fc2",
+)
+#: Hugging Face ``hidden_act`` -> alignjax ``act``.
+HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh"}
+#: PIL resample codes (``preprocessor_config.json``'s ``resample``) -> alignjax interpolation.
+HF_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def hf_encoder(get, prefix: str, cfg: Mapping[str, Any], norm: str) -> dict:
+    """alignjax ``encoder`` subtree of a Hugging Face tower: the blocks
+    ``{prefix}encoder.layers.{i}.*`` (``cfg['depth']`` of them, ``cfg['num_heads']`` heads)
+    and the final LayerNorm ``{prefix}{norm}`` as ``encoder_norm``."""
+    blocks = {
+        f"block_{i}": block_from_torch(
+            get, f"{prefix}encoder.layers.{i}.", HF_BLOCK, cfg["num_heads"]
+        )
+        for i in range(cfg["depth"])
+    }
+    blocks["encoder_norm"] = layer_norm(get(f"{prefix}{norm}.weight"), get(f"{prefix}{norm}.bias"))
+    return blocks
+
+
 def count_layers(keys, prefix: str) -> int:
     """Number of ``{prefix}{i}.`` blocks among ``keys``."""
     idx = set()

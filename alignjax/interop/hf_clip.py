@@ -1,8 +1,9 @@
 """Hugging Face ``transformers`` CLIPModel <-> alignjax, both ways.
 
-Import: ``from_hf_clip(directory)`` (what ``interop.from_hf`` calls for CLIP folders) reads ``config.json`` and ``model.safetensors`` (no torch) or
-``pytorch_model.bin`` (torch), plus ``preprocessor_config.json`` and the tokenizer files
-(``vocab.json`` + ``merges.txt``) when present.
+Import: ``from_hf_clip(directory)`` (what ``interop.from_hf`` calls for CLIP folders)
+reads ``config.json`` and ``model.safetensors`` (no torch) or ``pytorch_model.bin``
+(torch), plus ``preprocessor_config.json`` and the tokenizer files (``vocab.json`` +
+``merges.txt``) when present.
 
 Export: ``to_hf(params, model_config, out_dir)`` writes ``config.json`` +
 ``model.safetensors`` that ``transformers.CLIPModel.from_pretrained(out_dir)`` loads.
@@ -50,28 +51,15 @@ from alignjax.data import clip_bpe
 from alignjax.interop import common
 from alignjax.interop.common import Converted
 
-_BLOCK = dict(
-    ln_attn="layer_norm1",
-    q="self_attn.q_proj",
-    k="self_attn.k_proj",
-    v="self_attn.v_proj",
-    out="self_attn.out_proj",
-    ln_mlp="layer_norm2",
-    fc1="mlp.fc1",
-    fc2="mlp.fc2",
-)
-_HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh"}
-_INTERP = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-
 
 def model_config_from_hf(hf: Mapping[str, Any]) -> dict:
     """alignjax model config from an HF ``CLIPConfig`` dict (``config.json``)."""
     tc, vc = dict(hf.get("text_config") or {}), dict(hf.get("vision_config") or {})
     acts = {tc.get("hidden_act", "quick_gelu"), vc.get("hidden_act", "quick_gelu")}
-    if len(acts) != 1 or not acts <= set(_HF_ACTS):
+    if len(acts) != 1 or not acts <= set(common.HF_ACTS):
         raise ValueError(
             f"HF CLIP hidden_act {sorted(acts)}: alignjax needs one activation shared by both "
-            f"towers, one of {sorted(_HF_ACTS)}."
+            f"towers, one of {sorted(common.HF_ACTS)}."
         )
     eps = {float(tc.get("layer_norm_eps", 1e-5)), float(vc.get("layer_norm_eps", 1e-5))}
     if len(eps) != 1:
@@ -85,7 +73,7 @@ def model_config_from_hf(hf: Mapping[str, Any]) -> dict:
         )
     return dict(
         embed_dim=int(hf.get("projection_dim", 512)),
-        act=_HF_ACTS[acts.pop()],
+        act=common.HF_ACTS[acts.pop()],
         ln_eps=eps.pop(),
         logit_scale_init=float(np.exp(hf.get("logit_scale_init_value", 2.6592))),
         logit_bias_init=None,
@@ -145,33 +133,13 @@ def _params_from_hf(get: common.Consumer, model_config: Mapping[str, Any]) -> di
         "cls": get(v + "embeddings.class_embedding", shape=(d,)).reshape(1, 1, d),
         "pos_embedding": pe[None],
         "ln_pre": common.layer_norm(get(v + "pre_layrnorm.weight"), get(v + "pre_layrnorm.bias")),
-        "encoder": {
-            f"block_{i}": common.block_from_torch(
-                get, f"{v}encoder.layers.{i}.", _BLOCK, img_cfg["num_heads"]
-            )
-            for i in range(img_cfg["depth"])
-        }
-        | {
-            "encoder_norm": common.layer_norm(
-                get(v + "post_layernorm.weight"), get(v + "post_layernorm.bias")
-            )
-        },
+        "encoder": common.hf_encoder(get, v, img_cfg, "post_layernorm"),
         "head": {"kernel": common.linear(get("visual_projection.weight"))},
     }
     txt = {
         "token_embedding": {"embedding": get(t + "embeddings.token_embedding.weight")},
         "pos_embedding": get(t + "embeddings.position_embedding.weight"),
-        "encoder": {
-            f"block_{i}": common.block_from_torch(
-                get, f"{t}encoder.layers.{i}.", _BLOCK, txt_cfg["num_heads"]
-            )
-            for i in range(txt_cfg["depth"])
-        }
-        | {
-            "encoder_norm": common.layer_norm(
-                get(t + "final_layer_norm.weight"), get(t + "final_layer_norm.bias")
-            )
-        },
+        "encoder": common.hf_encoder(get, t, txt_cfg, "final_layer_norm"),
         "head": {"kernel": common.linear(get("text_projection.weight"))},
     }
     return {"img": img, "txt": txt, "log_scale": get("logit_scale").reshape(())}
@@ -192,7 +160,7 @@ def preprocess_from_hf(pp: Mapping[str, Any] | None, image_size: int) -> dict:
     return dict(
         size=int(crop),
         resize_mode="shortest" if pp.get("do_center_crop", True) else "squash",
-        interpolation=_INTERP.get(int(pp.get("resample", 3)), "bicubic"),
+        interpolation=common.HF_RESAMPLE.get(int(pp.get("resample", 3)), "bicubic"),
         mean=list(pp.get("image_mean", common.OPENAI_MEAN)),
         std=list(pp.get("image_std", common.OPENAI_STD)),
     )
@@ -262,7 +230,7 @@ def hf_config_from_model_config(mc: Mapping[str, Any], image_size: int) -> dict:
     mc = models.resolve_model_config(mc)
     _check_exportable(mc)
     act = mc["act"] or ("quick_gelu" if mc["quick_gelu"] else "gelu")
-    hf_act = {v: k for k, v in _HF_ACTS.items()}[act]
+    hf_act = {v: k for k, v in common.HF_ACTS.items()}[act]
     img, txt = mc["image"], mc["text"]
     return dict(
         architectures=["CLIPModel"],
@@ -386,7 +354,7 @@ def to_hf(
         os.path.join(out_dir, "model.safetensors"), sd, metadata={"format": "pt"}
     )
     if preprocess:
-        interp = {v: k for k, v in _INTERP.items()}
+        interp = {v: k for k, v in common.HF_RESAMPLE.items()}
         pp = dict(
             image_processor_type="CLIPImageProcessor",
             do_resize=True,

@@ -61,19 +61,6 @@ from alignjax.interop.common import Converted
 #: ``config.json`` model types this module converts.
 MODEL_TYPES = ("siglip", "siglip2")
 
-_BLOCK = dict(
-    ln_attn="layer_norm1",
-    q="self_attn.q_proj",
-    k="self_attn.k_proj",
-    v="self_attn.v_proj",
-    out="self_attn.out_proj",
-    ln_mlp="layer_norm2",
-    fc1="mlp.fc1",
-    fc2="mlp.fc2",
-)
-_HF_ACTS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}
-_INTERP = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-
 
 def grid_size(hf: Mapping[str, Any]) -> int:
     """Patches per image side: ``image_size / patch_size`` (siglip) or
@@ -93,10 +80,10 @@ def model_config_from_hf(hf: Mapping[str, Any]) -> dict:
     """alignjax model config from an HF ``SiglipConfig`` / ``Siglip2Config`` dict."""
     tc, vc = dict(hf.get("text_config") or {}), dict(hf.get("vision_config") or {})
     acts = {tc.get("hidden_act", "gelu_pytorch_tanh"), vc.get("hidden_act", "gelu_pytorch_tanh")}
-    if len(acts) != 1 or not acts <= set(_HF_ACTS):
+    if len(acts) != 1 or not acts <= set(common.HF_ACTS):
         raise ValueError(
             f"HF SigLIP hidden_act {sorted(acts)}: alignjax needs one activation shared by "
-            f"both towers, one of {sorted(_HF_ACTS)}."
+            f"both towers, one of {sorted(common.HF_ACTS)}."
         )
     eps = {float(tc.get("layer_norm_eps", 1e-6)), float(vc.get("layer_norm_eps", 1e-6))}
     if len(eps) != 1:
@@ -116,7 +103,7 @@ def model_config_from_hf(hf: Mapping[str, Any]) -> dict:
         )
     return dict(
         embed_dim=embed,
-        act=_HF_ACTS[acts.pop()],
+        act=common.HF_ACTS[acts.pop()],
         ln_eps=eps.pop(),
         # Placeholders: from_hf_siglip records the checkpoint's own values (a float bias, not
         # None, gives the model its logit_bias parameter).
@@ -201,19 +188,6 @@ def _map_head(get: common.Consumer, prefix: str, num_heads: int) -> dict:
     }
 
 
-def _encoder(get: common.Consumer, prefix: str, cfg: Mapping[str, Any], norm: str) -> dict:
-    blocks = {
-        f"block_{i}": common.block_from_torch(
-            get, f"{prefix}encoder.layers.{i}.", _BLOCK, cfg["num_heads"]
-        )
-        for i in range(cfg["depth"])
-    }
-    blocks["encoder_norm"] = common.layer_norm(
-        get(f"{prefix}{norm}.weight"), get(f"{prefix}{norm}.bias")
-    )
-    return blocks
-
-
 def _params_from_hf(get: common.Consumer, model_config: Mapping[str, Any]) -> dict:
     img_cfg, txt_cfg = model_config["image"], model_config["text"]
     v, t = "vision_model.", "text_model."
@@ -225,13 +199,13 @@ def _params_from_hf(get: common.Consumer, model_config: Mapping[str, Any]) -> di
             "bias": get(v + "embeddings.patch_embedding.bias"),
         },
         "pos_embedding": get(v + "embeddings.position_embedding.weight")[None],
-        "encoder": _encoder(get, v, img_cfg, "post_layernorm"),
+        "encoder": common.hf_encoder(get, v, img_cfg, "post_layernorm"),
         "map_head": _map_head(get, v + "head.", img_cfg["num_heads"]),
     }
     txt = {
         "token_embedding": {"embedding": get(t + "embeddings.token_embedding.weight")},
         "pos_embedding": get(t + "embeddings.position_embedding.weight"),
-        "encoder": _encoder(get, t, txt_cfg, "final_layer_norm"),
+        "encoder": common.hf_encoder(get, t, txt_cfg, "final_layer_norm"),
         "head": {"kernel": common.linear(get(t + "head.weight")), "bias": get(t + "head.bias")},
     }
     return {
@@ -249,7 +223,7 @@ def preprocess_from_hf(pp: Mapping[str, Any] | None, image_size: int) -> dict:
     return dict(
         size=image_size,
         resize_mode="squash",
-        interpolation=_INTERP.get(int(pp.get("resample", 2)), "bilinear"),
+        interpolation=common.HF_RESAMPLE.get(int(pp.get("resample", 2)), "bilinear"),
         mean=list(pp.get("image_mean", [0.5] * 3)),
         std=list(pp.get("image_std", [0.5] * 3)),
     )
