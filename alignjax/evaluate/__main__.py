@@ -113,14 +113,7 @@ def run_evaluators(
 ) -> tuple[int, dict[str, float]]:
     """Restores `step` (None: newest) and runs the evaluators of `config.evals` (or those
     named in `only`) on the weight set `weights`; returns (step, metrics)."""
-    if only:
-        missing = [n for n in only if n not in config.evals]
-        if missing:
-            raise ValueError(f'--evals {missing} not in config.evals {sorted(config.evals)}.')
-        config = ConfigDict(config.to_dict())
-        for name in list(config.evals):
-            if name not in only:
-                del config.evals[name]
+    config = evaluators_lib.keep_only(config, only)
     if not config.evals:
         raise ValueError(
             'config.evals is empty: nothing to evaluate. Add an evaluator, e.g. '

@@ -52,7 +52,7 @@ EVALUATORS = {
     for cls in (ZeroShotEvaluator, RetrievalEvaluator, GeometryEvaluator, LinearProbeEvaluator)
 }
 
-__all__ = ['EVALUATORS', 'Embedder', 'build_evaluators']
+__all__ = ['EVALUATORS', 'Embedder', 'build_evaluators', 'keep_only']
 
 
 def build_evaluators(
@@ -79,3 +79,19 @@ def build_evaluators(
         cfg = ConfigDict(dict(cls.FIELDS, **given))
         out.append(cls(name, cfg, config, ctx))
     return out
+
+
+def keep_only(config: ConfigDict, names: Sequence[str] | None) -> ConfigDict:
+    """`config` with only the evaluators `names` (a copy; all of them when `names` is
+    empty). A name not in `config.evals` is a ValueError listing the evaluators there are
+    (the command-line tools' `--evals a,b`)."""
+    if not names:
+        return config
+    missing = [n for n in names if n not in config.evals]
+    if missing:
+        raise ValueError(f'--evals {missing} not in config.evals {sorted(config.evals)}.')
+    config = ConfigDict(config.to_dict())
+    for name in list(config.evals):
+        if name not in names:
+            del config.evals[name]
+    return config
