@@ -100,12 +100,15 @@ def load_run(
     step: int | None = None,
     weights: str = PARAMS,
     devices=None,
+    mismatch_hint: str | None = None,
 ) -> LoadedRun:
     """Restores the weight set `weights` of `step` (None: the newest good one).
 
     `checkpoint_dir`: the run's `checkpoints` directory (or the workdir, or one step
     directory). `config`: the run's config, or None for the one stored with the restored
-    step. Only the selected weights are read. Call on every process.
+    step. Only the selected weights are read. Call on every process. `mismatch_hint`:
+    the fix a CheckpointMismatchError names (default: when `config` is given, leave it out
+    to use the stored one).
     """
     directory, fixed = checkpoint_lib.locate(checkpoint_dir)
     if fixed is not None:  # A step directory: its step.
@@ -139,11 +142,13 @@ def load_run(
         try:
             tree = checkpoint_lib.restore_subtree(directory, s, wanted)
         except checkpoint_lib.CheckpointMismatchError as e:
-            hint = (
-                'Leave --config out to use the config stored with the checkpoint.'
-                if config is not None
-                else ''
-            )
+            hint = mismatch_hint
+            if hint is None:
+                hint = (
+                    'Leave --config out to use the config stored with the checkpoint.'
+                    if config is not None
+                    else ''
+                )
             raise checkpoint_lib.CheckpointMismatchError(f'{e} {hint}'.strip()) from e
         params = tree['params'] if weights == PARAMS else tree['weights'][weights]
         return resolved, mesh, build, params

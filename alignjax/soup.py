@@ -1,7 +1,8 @@
 """Weight-space tools over trained runs and exports: soups, WiSE-FT, task vectors.
 
   # Greedy soup of fine-tunes of one start, scored by a held-out evaluator (Wortsman et al.
-  # 2022): ingredients sorted by held-out score, each kept iff the score does not drop.
+  # 2022): ingredients sorted by held-out score, each kept iff the soup's score rises
+  # (--accept ge: iff it does not drop).
   python -m alignjax.soup greedy --ingredients runs/ft_a,runs/ft_b,runs/ft_c \\
       --evals heldout --config.evals.heldout.type=zeroshot \\
       --config.evals.heldout.data=synthetic:shapes --config.evals.heldout.split=val \\
@@ -73,6 +74,7 @@ from alignjax import data as data_lib
 from alignjax import state as state_lib
 from alignjax import weight_space as ws
 from alignjax import workdir as workdir_lib
+from alignjax.data import few_shot as few_shot_data
 from alignjax.evaluate import evaluators as evaluators_lib
 from alignjax.models import l2_normalize
 
@@ -83,6 +85,12 @@ MODES = ('uniform', 'greedy', 'wise_ft', 'task_vectors', 'learned')
 ACCEPT = ('gt', 'ge')
 SOUP_FILE = 'soup.json'
 CURVE_FILE = 'wise_ft.png'
+SAME_MODEL_HINT = (
+    'Every ingredient must be a run of the reference model (the same architecture and '
+    'parameter tree).'
+)
+# Blocks that `learned` keeps at theta_0 (weight_space.block_of names).
+TEMPERATURE_BLOCKS = ('log_scale', 'logit_bias')
 
 
 # --------------------------------------------------------------------------------------
@@ -140,7 +148,7 @@ def load_ingredient(reference: restore.LoadedRun, spec: str) -> Params:
     if not export.is_run(path):
         raise ValueError(f'{path} is neither a training run (workdir or checkpoint) nor an export.')
     try:
-        return restore.load_run(reference.config, path, step).params
+        return restore.load_run(reference.config, path, step, mismatch_hint=SAME_MODEL_HINT).params
     except ValueError as e:  # A different architecture: say which ingredient.
         raise ValueError(f'Ingredient {spec}: {e}') from e
 
@@ -149,17 +157,27 @@ def load_ingredient(reference: restore.LoadedRun, spec: str) -> Params:
 # Held-out scoring.
 
 
+def matching_metrics(results: dict[str, float], pattern: str) -> list[str]:
+    """The metric names `pattern` selects: itself if present, else those it matches as a
+    shell-style glob (`*` / `?`). A glob without '@' skips the per-scorer metrics
+    (`.../acc1@tokens`), which would otherwise enter the mean unasked."""
+    if pattern in results:
+        return [pattern]
+    return [
+        k for k in results
+        if fnmatch.fnmatchcase(k, pattern) and ('@' in pattern or '@' not in k)
+    ]  # fmt: skip
+
+
 def select_metric(results: dict[str, float], pattern: str) -> float:
     """The value of metric `pattern` in `results`, or the mean of the metrics it matches
-    (shell-style `*` / `?`); ValueError listing the metrics when none matches."""
-    if pattern in results:
-        return float(results[pattern])
-    hits = [float(v) for k, v in results.items() if fnmatch.fnmatchcase(k, pattern)]
+    (`matching_metrics`); ValueError listing the metrics when none matches."""
+    hits = matching_metrics(results, pattern)
     if not hits:
         raise ValueError(
             f'No metric matches {pattern!r}; the evaluators report: {sorted(results)}.'
         )
-    return float(statistics.mean(hits))
+    return float(statistics.mean(float(results[k]) for k in hits))
 
 
 class Scorer:
@@ -238,10 +256,11 @@ def greedy(
     best single ingredient's."""
     if accept not in ACCEPT:
         raise ValueError(f'accept={accept!r}: use one of {ACCEPT}.')
-    singles = []
+    singles, matched = [], []
     for i, spec in enumerate(ingredients):
         metrics = score(load_ingredient(reference, spec))
         singles.append(select_metric(metrics, metric))
+        matched = matching_metrics(metrics, metric)
         _progress(f'greedy soup: ingredient {i + 1}/{len(ingredients)} {spec}: {singles[-1]:.4f}')
     order = sorted(range(len(ingredients)), key=lambda i: -singles[i])
     soup = ws.to_float32(load_ingredient(reference, ingredients[order[0]]))
@@ -259,7 +278,7 @@ def greedy(
         del candidate
     params = ws.cast_like(soup, reference.params)
     record = {
-        'mode': 'greedy', 'accept': accept, 'metric': metric,
+        'mode': 'greedy', 'accept': accept, 'metric': metric, 'metric_keys': matched,
         'ingredients': list(ingredients), 'single_scores': singles,
         'order': [ingredients[i] for i in order], 'kept': [ingredients[i] for i in kept],
         'history': history, 'score': best, 'metrics': score(params),
@@ -285,13 +304,16 @@ def wise_ft(
         metrics = score(ws.interpolate(reference.params, theta_ft, a))
         row = {'alpha': float(a), 'id': select_metric(metrics, id_metric)}
         row['shift'] = select_metric(metrics, shift_metric)
+        keys = {'id': matching_metrics(metrics, id_metric)}
+        keys['shift'] = matching_metrics(metrics, shift_metric)
         row['metrics'] = metrics
         curve.append(row)
         _progress(f'WiSE-FT alpha={a:g}: id {row["id"]:.4f}, shift {row["shift"]:.4f}')
     chosen = float(alpha) if alpha is not None else max(curve, key=lambda r: r['id'])['alpha']
     record = {
         'mode': 'wise_ft', 'base': None, 'finetuned': finetuned, 'alphas': list(map(float, alphas)),
-        'id_metric': id_metric, 'shift_metric': shift_metric, 'curve': curve, 'alpha': chosen,
+        'id_metric': id_metric, 'shift_metric': shift_metric, 'metric_keys': keys,
+        'curve': curve, 'alpha': chosen,
     }  # fmt: skip
     return SoupResult(ws.interpolate(reference.params, theta_ft, chosen), record)
 
@@ -335,39 +357,62 @@ class FewShot:
     num_classes: int
 
 
+def _gather_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every process's rows of `arrays`, in the same order on each process."""
+    if jax.process_count() == 1:
+        return arrays
+    gathered = multihost_utils.process_allgather(arrays, tiled=True)
+    return {k: np.asarray(v) for k, v in gathered.items()}
+
+
 def few_shot_examples(evaluator, task: str | None, shots: int, seed: int = 0) -> FewShot:
-    """`shots` examples per class (seeded draw, fewer where a class has fewer) from the
-    split of a zero-shot evaluator (`config.evals.NAME.type='zeroshot'`); `task` None: its
-    only task (or the first)."""
+    """`shots` examples per class (`data.few_shot.k_shot_indices`: seeded, nested in
+    `shots`, fewer where a class has fewer) from the split of a zero-shot evaluator
+    (`config.evals.NAME.type='zeroshot'`); `task` None: its only task (or the first).
+
+    Two passes over the split: the labels of its real rows (not the batches' padding,
+    `mask` False), then the images of the picked rows only, so the host never holds the
+    split's images. The draw is over the rows sorted by `index`, the same on any number
+    of processes."""
     if getattr(evaluator, 'kind', None) != 'zeroshot':
         raise ValueError(f'--fewshot {evaluator.name!r} must be a zeroshot evaluator.')
     tasks = list(evaluator.tasks)
     task = tasks[0] if task is None else task
     if task not in evaluator.tasks:
         raise ValueError(f'--task {task!r}: the evaluator {evaluator.name!r} has tasks {tasks}.')
+    skip = ('image', 'tokens', 'caption_tokens')
     cols: dict[str, list[np.ndarray]] = {}
     for batch in evaluator.split.batches:
-        for k, v in batch.items():
-            if k not in ('tokens', 'caption_tokens'):
-                cols.setdefault(k, []).append(np.asarray(v))
-    arrays = {k: np.concatenate(v) for k, v in cols.items()}
-    if jax.process_count() > 1:  # Every process's rows, in the same order on each.
-        arrays = {
-            k: np.asarray(v)
-            for k, v in multihost_utils.process_allgather(arrays, tiled=True).items()
-        }
-    labels = evaluator.class_ids(task, arrays)
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c in range(len(evaluator.tasks[task]['classnames'])):
-        idx = np.flatnonzero(labels == c)
-        picked.extend(rng.permutation(idx)[:shots].tolist())
-    picked = np.sort(np.asarray(picked, np.int64))
-    if picked.size == 0:
+        meta = _gather_rows({k: np.asarray(v) for k, v in batch.items() if k not in skip})
+        for k, v in meta.items():
+            cols.setdefault(k, []).append(v)
+    meta = {k: np.concatenate(v) for k, v in cols.items()}
+    real = meta['mask'].astype(bool)
+    meta = {k: v[real] for k, v in meta.items()}
+    order = np.argsort(meta['index'], kind='stable')
+    meta = {k: v[order] for k, v in meta.items()}
+    labels = evaluator.class_ids(task, meta)
+    rows = few_shot_data.k_shot_indices(labels, shots, seed)
+    if rows.size == 0:
         raise ValueError(f'The split of {evaluator.name!r} has no labelled example for {task!r}.')
+    wanted = meta['index'][rows]  # sorted, since `rows` and the indices are
+    images, found = None, np.zeros(wanted.shape, bool)
+    for batch in evaluator.split.batches:
+        index, mask = np.asarray(batch['index']), np.asarray(batch['mask']).astype(bool)
+        pos = np.searchsorted(wanted, index)
+        hit = mask & (pos < wanted.size) & (wanted[np.minimum(pos, wanted.size - 1)] == index)
+        if images is None:
+            images = np.zeros((wanted.size,) + batch['image'].shape[1:], np.float32)
+        images[pos[hit]] = np.asarray(batch['image'])[hit]
+        found[pos[hit]] = True
+    if jax.process_count() > 1:  # Each row was read by exactly one process.
+        both = multihost_utils.process_allgather({'image': images, 'found': found})
+        images, found = np.asarray(both['image']).sum(0), np.asarray(both['found']).any(0)
+    if not found.all():
+        raise RuntimeError(f'{int((~found).sum())} picked rows were not re-read from the split.')
     return FewShot(
-        images=arrays['image'][picked].astype(np.float32),
-        labels=labels[picked].astype(np.int32),
+        images=images,
+        labels=labels[rows].astype(np.int32),
         tokens=np.asarray(evaluator.prompts[task][0]),
         num_classes=len(evaluator.tasks[task]['classnames']),
     )
@@ -397,7 +442,9 @@ def learn_coefficients(
     few-shot `data` (full batch, the towers' weights fixed); starts at `c = init`."""
     theta_0 = reference.params
     vectors = [ws.task_vector(load_ingredient(reference, s), theta_0) for s in ingredients]
-    names, leaf_blocks = ws.blocks(theta_0)
+    # The temperature (and SigLIP's bias) stay theta_0's: scaling them alone lowers the
+    # cross-entropy without changing a single prediction.
+    names, leaf_blocks = ws.fix_blocks(*ws.blocks(theta_0), fixed=TEMPERATURE_BLOCKS)
     coeffs = jnp.full((len(vectors), len(names)), float(init), jnp.float32)
     tx = optax.adam(lr)
     opt = tx.init(coeffs)
@@ -405,24 +452,25 @@ def learn_coefficients(
     # A few hundred examples at most: every device holds them all.
     arrays = tuple(jax.device_put(x, replicated) for x in (data.images, data.labels, data.tokens))
 
-    def loss_of(c, vecs, arrays):
+    # theta_0 and the vectors are arguments, not constants folded into the program.
+    def loss_of(c, theta_0, vecs, arrays):
         merged = ws.add_block_scaled(theta_0, vecs, c, leaf_blocks)
         return zero_shot_loss(reference.model, merged, FewShot(*arrays, data.num_classes))
 
     @jax.jit
-    def step(c, opt, vecs, arrays):
-        loss, g = jax.value_and_grad(loss_of)(c, vecs, arrays)
+    def step(c, opt, theta_0, vecs, arrays):
+        loss, g = jax.value_and_grad(loss_of)(c, theta_0, vecs, arrays)
         updates, opt = tx.update(g, opt, c)
         return optax.apply_updates(c, updates), opt, loss
 
     losses = []
     with jax.set_mesh(reference.mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
         for i in range(steps):
-            coeffs, opt, loss = step(coeffs, opt, vectors, arrays)
+            coeffs, opt, loss = step(coeffs, opt, theta_0, vectors, arrays)
             losses.append(float(loss))
             if i == 0 or (i + 1) % max(1, steps // 5) == 0:
                 _progress(f'aTLAS step {i + 1}/{steps}: few-shot loss {losses[-1]:.4f}')
-        final = float(jax.jit(loss_of)(coeffs, vectors, arrays))
+        final = float(jax.jit(loss_of)(coeffs, theta_0, vectors, arrays))
         params = ws.add_block_scaled(theta_0, vectors, coeffs, leaf_blocks)
     record: dict[str, Any] = {
         'mode': 'learned', 'ingredients': list(ingredients), 'steps': steps, 'lr': lr,
@@ -537,7 +585,12 @@ def run_mode(mode: str, f, config: ConfigDict | None, overrides) -> tuple[SoupRe
     if mode == 'uniform':
         result = uniform(reference, ingredients, score, f.metric)
     elif mode == 'greedy':
-        result = greedy(reference, ingredients, score, f.metric or '*/acc1', f.accept)
+        if not f.metric:
+            raise ValueError(
+                "greedy needs --metric: the held-out metric or glob to select on (e.g. "
+                "'zeroshot/heldout_*/acc1'), from data you do not report on."
+            )
+        result = greedy(reference, ingredients, score, f.metric, f.accept)
     elif mode == 'wise_ft':
         if len(ingredients) != 1:
             raise ValueError('wise_ft interpolates --base with one fine-tuned --ingredients run.')
@@ -546,6 +599,8 @@ def run_mode(mode: str, f, config: ConfigDict | None, overrides) -> tuple[SoupRe
                 'wise_ft needs --id_metric and --shift_metric (metric names or globs).'
             )
         alphas = _floats(f.alphas, 'alphas')
+        if not alphas:
+            raise ValueError('--alphas is empty: pass mixing weights, e.g. --alphas 0,0.5,1.')
         result = wise_ft(
             reference, ingredients[0], alphas, score, f.id_metric, f.shift_metric, f.alpha
         )
@@ -559,6 +614,11 @@ def run_mode(mode: str, f, config: ConfigDict | None, overrides) -> tuple[SoupRe
             raise ValueError(
                 'learned needs --fewshot NAME: a zeroshot evaluator whose split gives the '
                 'labelled examples.'
+            )
+        if f.fewshot not in reference.config.evals:
+            raise ValueError(
+                f'--fewshot {f.fewshot!r} is not in config.evals {sorted(reference.config.evals)}; '
+                'add it with --config.evals.NAME.type=zeroshot and its data / split.'
             )
         cfg = evaluators_lib.keep_only(reference.config, [f.fewshot])
         (ev,) = evaluators_lib.build_evaluators(
@@ -580,7 +640,7 @@ def main(argv=None) -> None:
     flags.DEFINE_string('base', None, 'wise_ft / task_vectors / learned: the zero-shot model.')
     flags.DEFINE_string('config', None, "Config file (default: the reference's stored config).")
     flags.DEFINE_list('evals', None, 'Score with only these evaluators of config.evals.')
-    flags.DEFINE_string('metric', None, "Held-out metric or glob (greedy default: '*/acc1').")
+    flags.DEFINE_string('metric', None, "Held-out metric or glob (required by greedy).")
     flags.DEFINE_enum('accept', 'gt', ACCEPT, "Greedy: keep if the score is > ('gt') or >= ('ge').")
     flags.DEFINE_list('alphas', ['0', '0.25', '0.5', '0.75', '1'], 'wise_ft: mixing weights.')
     flags.DEFINE_float('alpha', None, 'wise_ft: the alpha to export (default: best id score).')

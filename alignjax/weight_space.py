@@ -138,16 +138,31 @@ def blocks(tree: Params) -> tuple[list[str], np.ndarray]:
     return names, np.asarray(of_leaf, np.int32)
 
 
+def fix_blocks(
+    names: Sequence[str], leaf_blocks: np.ndarray, fixed: Sequence[str]
+) -> tuple[list[str], np.ndarray]:
+    """`blocks`' output without the blocks named in `fixed`: their leaves get index -1,
+    which `add_block_scaled` leaves at theta_0, and the others are renumbered."""
+    kept = [n for n in names if n not in set(fixed)]
+    new_index = {n: i for i, n in enumerate(kept)}
+    remap = np.asarray([new_index.get(n, -1) for n in names], np.int32)
+    return kept, remap[np.asarray(leaf_blocks)]
+
+
 def add_block_scaled(
     theta_0: Params, vectors: Sequence[Params], coefficients: jax.Array, leaf_blocks: np.ndarray
 ) -> Params:
     """`theta_0 + sum_i coefficients[i, block(leaf)] * tau_i` per leaf, float32 math, cast to
     `theta_0`'s dtypes. `coefficients`: [num_vectors, num_blocks]; `leaf_blocks`: from
-    `blocks(theta_0)`. Differentiable in `coefficients` (what aTLAS learns)."""
+    `blocks(theta_0)` (or `fix_blocks`: a leaf of block -1 stays theta_0's). Differentiable
+    in `coefficients` (what aTLAS learns)."""
     base_leaves, treedef = jax.tree.flatten(theta_0)
     vec_leaves = [jax.tree.leaves(v) for v in vectors]
     out = []
     for j, base in enumerate(base_leaves):
+        if int(leaf_blocks[j]) < 0:
+            out.append(base)
+            continue
         acc = _f32(base)
         for i, leaves in enumerate(vec_leaves):
             acc = acc + coefficients[i, int(leaf_blocks[j])] * _f32(leaves[j])

@@ -11,8 +11,8 @@
    batch for all: the budget is matched, the hyperparameters differ (the paper's recipe:
    a sweep of fine-tunes of one start).
 3. Soups with alignjax.soup (the Python API of ``python -m alignjax.soup``): the greedy
-   soup (ingredients sorted by held-out score, each kept iff the held-out score does not
-   drop, accept='gt') and the uniform soup of all.
+   soup (ingredients sorted by held-out score, each kept iff the held-out score rises,
+   accept='gt') and the uniform soup of all.
 
 Held-out data = zero-shot acc1 (mean over the attribute tasks) on 500 images of the shapes
 'val' split (an independent sample of the seen (shape, colour) pairs, never trained on);

@@ -5,8 +5,10 @@ keeps dtypes, alpha 0 / 1 are the endpoints, negation, learned coefficients, the
 
 import json
 import os
+import re
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -224,6 +226,35 @@ def test_greedy_accept_gt_drops_ties_and_ge_keeps_them(runs):
         soup.greedy(ref, paths, score, 's', accept='x')
 
 
+def test_greedy_drops_an_ingredient_that_hurts_and_returns_the_mean_of_the_kept(runs):
+    """Scored by closeness to the mean of runs 0 and 1: those two are kept, run 2 (which
+    moves the soup away) is dropped, and the soup is exactly their mean."""
+    paths, _ = runs
+    ref = soup.load_reference(paths[0])
+    thetas = [_host(soup.load_ingredient(ref, p)) for p in paths]
+    target = jax.tree.map(lambda a, b: (a.astype(np.float64) + b) / 2, thetas[0], thetas[1])
+
+    def score(params):
+        gaps = jax.tree.map(lambda p, t: float(((np.asarray(p, np.float64) - t) ** 2).sum()),
+                            _host(params), target)  # fmt: skip
+        return {'closeness': -sum(jax.tree.leaves(gaps))}
+
+    r = soup.greedy(ref, [paths[2], paths[0], paths[1]], score, 'closeness').record
+    assert sorted(r['kept']) == sorted(paths[:2]) and r['history'][-1]['kept'] is False
+    result = soup.greedy(ref, [paths[2], paths[0], paths[1]], score, 'closeness')
+    _allclose(_host(result.params), target, rtol=1e-5, atol=1e-6)
+
+
+def test_metric_globs_skip_per_scorer_metrics_unless_asked():
+    results = {'zeroshot/a/acc1': 0.5, 'zeroshot/b/acc1': 0.7, 'zeroshot/a/acc1@tokens': 0.1}
+    assert soup.matching_metrics(results, 'zeroshot/*/acc1') == ['zeroshot/a/acc1',
+                                                                 'zeroshot/b/acc1']  # fmt: skip
+    assert soup.select_metric(results, 'zeroshot/*/acc1') == pytest.approx(0.6)
+    assert soup.matching_metrics(results, '*@tokens') == ['zeroshot/a/acc1@tokens']
+    with pytest.raises(ValueError, match="No metric matches 'x'"):
+        soup.select_metric(results, 'x')
+
+
 def test_wise_ft_endpoints_are_the_two_models(runs):
     paths, _ = runs
     ref = soup.load_reference(paths[0])
@@ -281,14 +312,38 @@ def test_learned_coefficients_lower_the_few_shot_loss(runs):
     result = soup.learn_coefficients(ref, paths[1:], data, steps=15, lr=0.1, init=0.0)
     r = result.record
     assert r['loss_final'] < r['loss_first']
-    assert set(r['coefficients']) >= {'img/encoder/block_0', 'txt/encoder/block_0', 'log_scale'}
+    assert set(r['coefficients']) >= {'img/encoder/block_0', 'txt/encoder/block_0'}
     assert all(len(v) == 2 for v in r['coefficients'].values())
+    # The temperature is not learned: scaling it alone would lower the loss for nothing.
+    assert 'log_scale' not in r['coefficients']
+    _equal(_host(result.params['log_scale']), _host(ref.params['log_scale']))
     # The coefficients learned are the model returned.
-    names, of_leaf = ws.blocks(ref.params)
+    names, of_leaf = ws.fix_blocks(*ws.blocks(ref.params), fixed=soup.TEMPERATURE_BLOCKS)
     c = jnp.asarray([[r['coefficients'][b][i] for b in names] for i in range(2)])
     taus = [ws.task_vector(soup.load_ingredient(ref, p), ref.params) for p in paths[1:]]
     _allclose(_host(result.params), _host(ws.add_block_scaled(ref.params, taus, c, of_leaf)),
               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_few_shot_examples_skip_the_padding_rows_and_read_only_the_picked_images(runs):
+    paths, _ = runs
+    config = _run_config(0)
+    config.evals.padded = dict(EVAL, num_examples=40)  # 40 = 2.5 batches of 16
+    ref = soup.load_reference(paths[0], config)
+    (ev,) = soup.Scorer(ref, only=['padded']).evaluators
+    rows = list(ev.split.batches)
+    assert sum(len(b['mask']) for b in rows) == 48  # the last batch is padded
+    real = np.concatenate([b['mask'] for b in rows]).astype(bool)
+    index = np.concatenate([b['index'] for b in rows])[real]
+    images = np.concatenate([b['image'] for b in rows])[real][np.argsort(index)]
+    every = soup.few_shot_examples(ev, 'shape', shots=40, seed=0)  # more shots than rows
+    assert every.images.shape[0] == 40
+    np.testing.assert_array_equal(every.images, images)
+    two = soup.few_shot_examples(ev, 'shape', shots=2, seed=1)
+    assert np.bincount(two.labels).max() <= 2
+    # Each picked image is its row's, the label its row's.
+    pos = [int(np.flatnonzero((images == im).all(axis=(1, 2, 3)))[0]) for im in two.images]
+    np.testing.assert_array_equal(two.labels, every.labels[pos])
 
 
 def _cli(*args, timeout=600):
@@ -334,3 +389,29 @@ def test_cli_errors_are_one_line(args, message):
     assert out.returncode != 0
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.startswith('error:')]
     assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
+
+
+def _flags(**kw):
+    defaults = dict(ingredients=None, base=None, evals=None, metric=None, accept='gt',
+                    alphas=None, alpha=None, id_metric=None, shift_metric=None,
+                    lambdas=None, fewshot=None, task=None, shots=2, steps=1, lr=0.1,
+                    init=0.0, seed=0)  # fmt: skip
+    return types.SimpleNamespace(**{**defaults, **kw})
+
+
+@pytest.mark.parametrize(
+    'mode, kw, message',
+    [
+        ('greedy', {}, 'greedy needs --metric'),
+        ('wise_ft', {'alphas': [], 'id_metric': 'a', 'shift_metric': 'b'}, '--alphas is empty'),
+        ('learned', {'fewshot': 'nope'}, "--fewshot 'nope' is not in config.evals ['heldout']"),
+    ],
+)
+def test_mode_errors_name_the_missing_flag(runs, mode, kw, message):
+    paths, _ = runs
+    if mode == 'greedy':
+        f = _flags(ingredients=paths[:2], **kw)
+    else:
+        f = _flags(ingredients=paths[1:2], base=paths[0], **kw)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        soup.run_mode(mode, f, None, [])
