@@ -1,10 +1,16 @@
-"""k-shot sampling (seeded, nested, per class), base/new splits and the few-shot source."""
+"""k-shot sampling (seeded, nested, per class), base/new splits, the few-shot source, and
+the few-shot evaluator's baselines: class means, the Tip-Adapter cache, the linear probe."""
 
+import ml_collections
 import numpy as np
 import pytest
+import tiny_config
 
 from alignjax import data as data_lib
+from alignjax import restore, train
 from alignjax.data import few_shot
+from alignjax.evaluate import evaluators as evaluators_lib
+from alignjax.evaluate import few_shot as few_shot_eval
 
 
 def test_k_shot_indices_are_k_per_class_seeded_and_nested():
@@ -58,3 +64,86 @@ def test_few_shot_source_is_a_balanced_subset_of_the_source():
     assert sorted(set(only_base.labels.tolist())) == base and len(only_base) == 8
     with pytest.raises(KeyError, match="no label 'weight'; its labels are"):
         few_shot.FewShotSource(source, 'weight', 1, pool=10)
+
+
+def test_class_means_and_the_cache_adapter():
+    rng = np.random.default_rng(0)
+    shots = rng.normal(size=(6, 4)).astype(np.float32)
+    shots /= np.linalg.norm(shots, axis=1, keepdims=True)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    logits = few_shot_eval.class_mean_logits(shots, shots, labels, 3)
+    mean0 = shots[:2].mean(0) / np.linalg.norm(shots[:2].mean(0))
+    np.testing.assert_allclose(logits[:, 0], shots @ mean0, rtol=1e-6)
+    w = rng.normal(size=(3, 4)).astype(np.float32)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    zs = few_shot_eval.tip_adapter_logits(shots, w, shots, labels, 0.0, 5.5, 100.0)
+    np.testing.assert_allclose(zs, 100.0 * shots @ w.T, rtol=1e-6)  # alpha 0: zero-shot
+    # A query equal to a shot, with a sharp cache that outweighs the prompts: its class.
+    sharp = few_shot_eval.tip_adapter_logits(shots, w, shots, labels, 1e4, 50.0, 1.0)
+    assert np.argmax(sharp, -1).tolist() == labels.tolist()
+    affinity = np.exp(-5.5 * (1 - shots[:1] @ shots.T))
+    per_class = affinity[0].reshape(3, 2).sum(axis=1)  # shots are class-major here
+    expected = 100 * shots[:1] @ w.T + 2.0 * per_class
+    got = few_shot_eval.tip_adapter_logits(shots[:1], w, shots, labels, 2.0, 5.5, 100.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def _config():
+    c = tiny_config.get_config()
+    c.total_steps = 2
+    c.optim.warmup_steps = 0
+    c.checkpoint_every_steps = 2
+    common = dict(data='synthetic:shapes', split='val', num_examples=48, batch_size=16)
+    c.evals.zs = dict(type='zeroshot', tasks=['shape', 'size'], **common)
+    c.evals.fs = dict(type='fewshot', tasks=['shape', 'size'], train_split='train', pool_size=96,
+                      shots=(1, 2), seeds=(0, 1), max_iters=30, **common)  # fmt: skip
+    return c
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp('fewshot') / 'w')
+    summary = train.train_and_evaluate(_config(), workdir)
+    return workdir, summary
+
+
+def test_the_evaluator_reports_every_method_and_shot_and_agrees_with_zero_shot(run):
+    _, summary = run
+    for task in ('shape', 'size'):
+        g = f'fewshot/fs_{task}'
+        assert summary[f'{g}/zeroshot_acc1'] == pytest.approx(summary[f'zeroshot/zs_{task}/acc1'])
+        for k in (1, 2):
+            for m in few_shot_eval.METHODS:
+                assert 0.0 <= summary[f'{g}/{k}shot/{m}_acc1'] <= 1.0
+                assert summary[f'{g}/{k}shot/{m}_acc1_std'] >= 0.0
+
+
+def _build(run, **fields):
+    workdir, _ = run
+    loaded = restore.load_run(None, workdir)
+    config = ml_collections.ConfigDict(loaded.config.to_dict())
+    ev = dict(config.evals.fs.to_dict(), **fields)
+    config.evals = ml_collections.ConfigDict({'fs': ev})
+    (built,) = evaluators_lib.build_evaluators(
+        config, loaded.model, loaded.tokenizer, loaded.mesh, loaded.build.objective.scorers
+    )
+    return built, loaded
+
+
+def test_tip_adapter_with_alpha_zero_is_zero_shot_classification(run):
+    ev, loaded = _build(run, methods=('tip_adapter',), tip_alpha=0.0, shots=(2,), seeds=(0,))
+    out = ev.run(loaded.params)
+    assert out['fewshot/fs_shape/2shot/tip_adapter_acc1'] == pytest.approx(
+        out['fewshot/fs_shape/zeroshot_acc1']
+    )
+
+
+def test_config_errors_name_the_field(run):
+    with pytest.raises(ValueError, match=r"evals.fs.methods: unknown \['coop'\]"):
+        _build(run, methods=('coop',))
+    with pytest.raises(ValueError, match='evals.fs.shots must be integers >= 1'):
+        _build(run, shots=(0,))
+    ev, loaded = _build(run, pool_size=2)
+    expected = r'the pool \(2 examples .* has no example of .*raise pool_size'
+    with pytest.raises(ValueError, match=expected):
+        ev.run(loaded.params)

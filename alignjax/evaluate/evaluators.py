@@ -3,7 +3,7 @@
 An evaluator is configured under `config.evals.<name>`; `type` picks the class:
 
   config.evals.shapes = dict(
-      type='zeroshot',            # 'zeroshot' | 'retrieval' | 'geometry' | 'linear_probe'
+      type='zeroshot',            # zeroshot | retrieval | geometry | linear_probe | fewshot
       data='synthetic:shapes',    # source spec (alignjax.data.get_source)
       split='test',
       num_examples=1000,          # None: the whole split
@@ -41,6 +41,7 @@ import ml_collections
 from alignjax import scoring, validation
 from alignjax.evaluate import base
 from alignjax.evaluate.embed import Embedder
+from alignjax.evaluate.few_shot import FewShotEvaluator
 from alignjax.evaluate.linear_probe import LinearProbeEvaluator
 from alignjax.evaluate.retrieval import GeometryEvaluator, RetrievalEvaluator
 from alignjax.evaluate.zero_shot import ZeroShotEvaluator
@@ -49,7 +50,13 @@ ConfigDict = ml_collections.ConfigDict
 
 EVALUATORS = {
     cls.kind: cls
-    for cls in (ZeroShotEvaluator, RetrievalEvaluator, GeometryEvaluator, LinearProbeEvaluator)
+    for cls in (
+        ZeroShotEvaluator,
+        RetrievalEvaluator,
+        GeometryEvaluator,
+        LinearProbeEvaluator,
+        FewShotEvaluator,
+    )
 }
 
 __all__ = ['EVALUATORS', 'Embedder', 'build_evaluators', 'keep_only']

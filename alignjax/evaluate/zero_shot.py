@@ -117,14 +117,15 @@ class ZeroShotEvaluator(base.Evaluator):
                 task['templates'] = templates
         return out
 
-    def class_ids(self, task: str, labels: dict[str, np.ndarray]) -> np.ndarray:
+    def class_ids(self, task: str, labels: dict[str, np.ndarray], source=None) -> np.ndarray:
         """[N] the class index of each image of the split (`labels`: `Embeddings.labels`),
-        its label matched to the task's class names (`base.class_ids`)."""
+        its label matched to the task's class names (`base.class_ids`). `source`: the
+        source the labels come from (default: this evaluator's split)."""
         spec, where = self.tasks[task], f'evals.{self.name}'
         column = base.label_column(spec['label_key'], labels, where)
         return base.class_ids(
             labels[column],
-            self.split.source,
+            self.split.source if source is None else source,
             spec['classnames'],
             spec.get('classnames_from', f'the task {task!r} of {self.cfg.data}'),
             where,
