@@ -159,4 +159,5 @@ def load_run(
     )
     model = build.model if weights == PARAMS else build.extra[weights].model
     tokenizer = data_lib.build_tokenizer(resolved.tokenizer)
+    build.objective.bind_tokenizer(tokenizer)
     return LoadedRun(resolved, mesh, tokenizer, build, int(step), model, params)

@@ -134,6 +134,7 @@ def load_reference(spec: str, config: ConfigDict | None = None) -> restore.Loade
         e = export.read(path)
         params = _put_host_params(e.params, abstract, f'The export {path}')
         tokenizer = data_lib.build_tokenizer(resolved.tokenizer)
+        build.objective.bind_tokenizer(tokenizer)
         return restore.LoadedRun(resolved, mesh, tokenizer, build, 0, build.model, params)
     if not export.is_run(path):
         raise ValueError(f'{path} is neither a training run (workdir or checkpoint) nor an export.')

@@ -242,9 +242,7 @@ def make_train_step(
                 loss, metrics = loss_of_out(out)
                 return loss, (metrics, out)
 
-            (loss, (metrics, out)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-                state.params
-            )
+            (loss, (metrics, out)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         buffers = state.buffers
         if build.buffers:
             buffers = dict(
@@ -403,6 +401,7 @@ def build_trainer(config: ConfigDict, devices=None, tokenizer=None) -> Trainer:
         tokenizer = data_lib.build_tokenizer(config.tokenizer)
     _check_consistency(config, tokenizer, mesh)
     build = state_lib.build_state(config, mesh)
+    build.objective.bind_tokenizer(tokenizer)
     step_fn = jit_train_step(make_train_step(build, config), build.state_shardings, mesh)
     return Trainer(
         config=config,

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+HALVES = ('base', 'new')
+
 
 def k_shot_indices(labels: np.ndarray, shots: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of up to `shots` examples per class of `labels` ([N] int, < 0 =
@@ -71,13 +73,15 @@ class FewShotSource:
 
     Args:
       source: a random-access source (`len`, `[i]`) whose examples carry `labels`.
-      label_key: the label to balance ('shape', 'label', ...); integer labels.
+      label_key: the label to balance ('shape', 'label', ...): integer labels (class
+        indices) or strings (class names; the classes are then the sorted names).
       shots: examples per class.
       seed: the draw (`k_shot_indices`).
       pool: read labels from the first `pool` examples only (None: all). For generated
         sources such as `synthetic:shapes` (1M rendered examples) a pool of a few thousand
         covers every class.
-      classes: keep only these class indices (e.g. the base half of `base_new_split`).
+      classes: keep only these classes: label values, or 'base' / 'new' for the halves of
+        `base_new_split` over the classes found in the pool (in sorted order).
     """
 
     def __init__(
@@ -87,21 +91,32 @@ class FewShotSource:
         shots: int,
         seed: int = 0,
         pool: int | None = None,
-        classes: Sequence[int] | None = None,
+        classes: Sequence[Any] | str | None = None,
     ):
         self.source = source
         self.label_key = label_key
         n = len(source) if pool is None else min(int(pool), len(source))
-        labels = np.asarray([int(example_label(source[i], label_key)) for i in range(n)])
+        raw = [example_label(source[i], label_key) for i in range(n)]
+        values, labels = np.unique(np.asarray(raw), return_inverse=True)
+        labels = labels.astype(np.int64)
+        if isinstance(classes, str):
+            if classes not in HALVES:
+                raise ValueError(f'classes={classes!r}: use {HALVES}, or a list of labels.')
+            base, new = base_new_split(len(values))
+            keep = base if classes == 'base' else new
+        elif classes is not None:
+            wanted = {str(c) for c in classes}
+            keep = [i for i, v in enumerate(values) if str(v) in wanted]
         if classes is not None:
-            labels = np.where(np.isin(labels, np.asarray(list(classes))), labels, -1)
+            labels = np.where(np.isin(labels, np.asarray(keep, np.int64)), labels, -1)
         self.indices = k_shot_indices(labels, shots, seed)
         if self.indices.size == 0:
             raise ValueError(
                 f'No example of the requested classes among the first {n} of {source!r}; '
                 'raise pool or check classes.'
             )
-        self.labels = labels[self.indices]
+        self.classes = values[np.unique(labels[labels >= 0])].tolist()
+        self.labels = values[labels[self.indices]]
         self.preprocess = getattr(source, 'preprocess', None)
 
     def __len__(self) -> int:

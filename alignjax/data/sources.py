@@ -12,7 +12,10 @@ Schemes register a factory ``fn(name, split, **kwargs) -> source`` in ``SOURCES`
 - ``csv:PATH`` / ``jsonl:PATH`` -- image paths + captions (``csv_source.TableSource``);
 - ``tfds:NAME[/CONFIG][:VERSION]`` -- prepared ArrayRecord TFDS data (``tfds_source``);
 - ``wds:PATTERN`` -- WebDataset tar shards, a stream (``wds.WdsSource``);
-- ``mix:W1*SPEC1;W2*SPEC2`` -- weighted mixtures (``mixture``).
+- ``mix:W1*SPEC1;W2*SPEC2`` -- weighted mixtures (``mixture``);
+- ``fewshot:SPEC?label=L&shots=K[&shot_seed=S][&pool=P][&classes=base|new]`` -- K
+  examples per class of label L of SPEC (``few_shot.FewShotSource``); the other query
+  parameters are SPEC's.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from alignjax.data import csv_source, mixture, synthetic, tfds_source, wds
+from alignjax.data import csv_source, few_shot, mixture, synthetic, tfds_source, wds
 
 __all__ = ["SOURCES", "get_source", "parse_spec", "register_source"]
 
@@ -79,6 +82,8 @@ def get_source(spec: str, split: str, **kwargs):
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if spec.startswith("mix:"):
         return _mixture(spec[len("mix:") :], split, **kwargs)
+    if spec.startswith("fewshot:"):
+        return _few_shot(spec[len("fewshot:") :], split, **kwargs)
     scheme, name, params = parse_spec(spec)
     if scheme not in SOURCES:
         raise ValueError(
@@ -111,6 +116,30 @@ def _mixture(body: str, split: str, **kwargs):
             f"mix:{body} mixes streams (wds:) with random-access sources; mix only one kind."
         )
     return mixture.MixtureSource(comps, weights, block=block)
+
+
+FEW_SHOT_KEYS = ("label", "shots", "shot_seed", "pool", "classes")
+
+
+def _few_shot(body: str, split: str, **kwargs):
+    inner, _, query = body.partition("?")
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    mine = {k: _parse_value(v) for k, v in pairs if k in FEW_SHOT_KEYS}
+    rest = urllib.parse.urlencode([(k, v) for k, v in pairs if k not in FEW_SHOT_KEYS])
+    if "label" not in mine or "shots" not in mine:
+        raise ValueError(
+            f"fewshot:{body} needs label= and shots=, e.g. "
+            "'fewshot:synthetic:shapes?label=shape&shots=4'."
+        )
+    source = get_source(inner + (f"?{rest}" if rest else ""), split, **kwargs)
+    return few_shot.FewShotSource(
+        source,
+        str(mine["label"]),
+        int(mine["shots"]),
+        seed=int(mine.get("shot_seed", 0)),
+        pool=None if mine.get("pool") is None else int(mine["pool"]),
+        classes=None if mine.get("classes") is None else str(mine["classes"]),
+    )
 
 
 @register_source("csv")

@@ -11,6 +11,7 @@ from alignjax.objectives import (  # noqa: F401  (importing a method module regi
     clim,
     clip,
     clip_refine,
+    coop,
     ctp,
     distill,
     dreamlip,

@@ -12,6 +12,9 @@ hook                                   called
 ``weight_sets() -> {name: WeightSet}``  once: frozen copies (a teacher) and EMA copies
 ``buffers() -> {name: Buffer}``         once: non-trainable state kept across steps
                                         (a feature queue and its pointer)
+``bind_tokenizer(tokenizer)``           once, wherever a run is built (training,
+                                        restoring): methods that tokenize fixed text
+                                        (CoOp's class names)
 ``data_transforms(tokenizer, seed)``    once: per-example grain transforms
 ``prepare(batch, rng, ctx)``            each step, on the global batch, before any
                                         micro-batch split (e.g. MLM masks)
@@ -54,8 +57,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from alignjax import scoring, validation
-from alignjax.models import heads as heads_lib
 from alignjax.losses.contrastive import as_f32_scalar, in_batch_accuracy
+from alignjax.models import heads as heads_lib
 
 __all__ = [
     "Buffer",
@@ -279,6 +282,11 @@ class Objective:
         del out, batch, ctx
         return dict(buffers)
 
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Receives the run's tokenizer once, before any step or evaluation is traced (by
+        the trainer, `restore.load_run` and the soup tool's export reference)."""
+        del tokenizer
+
     def data_transforms(self, tokenizer, seed: int = 0) -> tuple:
         """Per-example grain transforms (picklable), run after decoding, before the crop."""
         del tokenizer, seed
@@ -325,7 +333,9 @@ def stop(x) -> jax.Array:
 
 
 def _with_heads(model, heads: dict[str, Head]):
-    specs = {k: {f.name: getattr(h, f.name) for f in dataclasses.fields(h)} for k, h in heads.items()}
+    specs = {
+        k: {f.name: getattr(h, f.name) for f in dataclasses.fields(h)} for k, h in heads.items()
+    }
     return heads_lib.with_heads(model, specs)
 
 
