@@ -147,3 +147,14 @@ def test_config_errors_name_the_field(run):
     expected = r'the pool \(2 examples .* has no example of .*raise pool_size'
     with pytest.raises(ValueError, match=expected):
         ev.run(loaded.params)
+
+
+def test_the_evaluator_draws_the_shots_a_few_shot_source_trains_on(run):
+    """Same pool and seed: the baselines are scored on exactly the training shots."""
+    ev, loaded = _build(run, pool_size=96)
+    pool = ev.pool.embed(loaded.params, with_text=False)
+    y = ev.class_ids('shape', pool.labels, ev.pool.source)
+    trained_on = few_shot.FewShotSource(ev.pool.source, 'shape', 2, seed=1, pool=96)
+    np.testing.assert_array_equal(few_shot.k_shot_indices(y, 2, 1), trained_on.indices)
+    np.testing.assert_array_equal(pool.labels['label_shape'][trained_on.indices],
+                                  trained_on.labels)  # fmt: skip

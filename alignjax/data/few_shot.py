@@ -96,27 +96,30 @@ class FewShotSource:
         self.source = source
         self.label_key = label_key
         n = len(source) if pool is None else min(int(pool), len(source))
-        raw = [example_label(source[i], label_key) for i in range(n)]
-        values, labels = np.unique(np.asarray(raw), return_inverse=True)
-        labels = labels.astype(np.int64)
+        raw = np.asarray([example_label(source[i], label_key) for i in range(n)])
+        values = np.unique(raw)
+        # Integer labels are the class ids themselves (so the draw of class c is the same
+        # whichever classes the pool holds: the `fewshot` evaluator's); names are numbered
+        # in sorted order.
+        ids = raw.astype(np.int64) if raw.dtype.kind in 'iu' else np.searchsorted(values, raw)
         if isinstance(classes, str):
             if classes not in HALVES:
                 raise ValueError(f'classes={classes!r}: use {HALVES}, or a list of labels.')
             base, new = base_new_split(len(values))
-            keep = base if classes == 'base' else new
+            keep = values[base if classes == 'base' else new]
         elif classes is not None:
             wanted = {str(c) for c in classes}
-            keep = [i for i, v in enumerate(values) if str(v) in wanted]
+            keep = [v for v in values if str(v) in wanted]
         if classes is not None:
-            labels = np.where(np.isin(labels, np.asarray(keep, np.int64)), labels, -1)
-        self.indices = k_shot_indices(labels, shots, seed)
+            ids = np.where(np.isin(raw, np.asarray(keep)), ids, -1)
+        self.indices = k_shot_indices(ids, shots, seed)
         if self.indices.size == 0:
             raise ValueError(
                 f'No example of the requested classes among the first {n} of {source!r}; '
                 'raise pool or check classes.'
             )
-        self.classes = values[np.unique(labels[labels >= 0])].tolist()
-        self.labels = values[labels[self.indices]]
+        self.labels = raw[self.indices]
+        self.classes = sorted(set(self.labels.tolist()))
         self.preprocess = getattr(source, 'preprocess', None)
 
     def __len__(self) -> int:
