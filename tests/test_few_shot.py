@@ -9,6 +9,7 @@ import tiny_config
 from alignjax import data as data_lib
 from alignjax import restore, train
 from alignjax.data import few_shot
+from alignjax.data.synthetic import SHAPES
 from alignjax.evaluate import evaluators as evaluators_lib
 from alignjax.evaluate import few_shot as few_shot_eval
 
@@ -158,3 +159,28 @@ def test_the_evaluator_draws_the_shots_a_few_shot_source_trains_on(run):
     np.testing.assert_array_equal(few_shot.k_shot_indices(y, 2, 1), trained_on.indices)
     np.testing.assert_array_equal(pool.labels['label_shape'][trained_on.indices],
                                   trained_on.labels)  # fmt: skip
+
+
+def _zero_shot(run, **fields):
+    workdir, _ = run
+    loaded = restore.load_run(None, workdir)
+    config = ml_collections.ConfigDict(loaded.config.to_dict())
+    config.evals = ml_collections.ConfigDict({'zs': dict(config.evals.zs.to_dict(), **fields)})
+    (built,) = evaluators_lib.build_evaluators(
+        config, loaded.model, loaded.tokenizer, loaded.mesh, loaded.build.objective.scorers
+    )
+    return built, loaded
+
+
+def test_zero_shot_on_the_new_classes_ranks_only_them_on_only_their_images(run):
+    ev, loaded = _zero_shot(run, tasks=['shape'], classes='new')
+    assert ev.tasks['shape']['classnames'] == list(SHAPES[4:])
+    got = ev.run(loaded.params)['zeroshot/zs_shape/acc1']
+    emb = ev.split.embed(loaded.params, with_text=False)
+    shape = emb.labels['label_shape']
+    keep = shape >= 4
+    w = ev.class_embeddings(loaded.params, 'shape')  # [G, 4, D]: the new classes' groups
+    scores = np.einsum('nd,gcd->gnc', emb.image[keep], w).max(0)
+    assert got == pytest.approx(float(np.mean(np.argmax(scores, -1) == shape[keep] - 4)))
+    with pytest.raises(ValueError, match=r"evals.zs.classes=\[9\]: use 'base', 'new' or"):
+        _zero_shot(run, tasks=['shape'], classes=[9])

@@ -130,6 +130,9 @@ class FewShotEvaluator(ZeroShotEvaluator):
         for task in self.tasks:
             group = f'fewshot/{self.name}' + (f'_{task}' if task else '')
             y_test = self.class_ids(task, test.labels)
+            # `classes`: only the images of the kept classes (-1: another class).
+            q = query[y_test >= 0]
+            y_test = y_test[y_test >= 0]
             y_pool = self.class_ids(task, pool.labels, self.pool.source)
             n_cls = len(self.tasks[task]['classnames'])
             missing = sorted(set(range(n_cls)) - set(y_pool.tolist()))
@@ -140,14 +143,14 @@ class FewShotEvaluator(ZeroShotEvaluator):
                     f'{self.cfg.train_split!r}) has no example of {names}; raise pool_size.'
                 )
             w = _normalise(self.class_embeddings(params, task)[0])
-            out[f'{group}/zeroshot_acc1'] = float(np.mean(np.argmax(query @ w.T, -1) == y_test))
+            out[f'{group}/zeroshot_acc1'] = float(np.mean(np.argmax(q @ w.T, -1) == y_test))
             for k in self.shots:
                 accs: dict[str, list[float]] = {m: [] for m in self.methods}
                 for seed in self.seeds:
                     idx = few_shot_data.k_shot_indices(y_pool, k, seed)
                     f, y = keys[idx], y_pool[idx].astype(np.int32)
                     for m in self.methods:
-                        pred = self._predict(m, params, query, w, f, y, n_cls)
+                        pred = self._predict(m, params, q, w, f, y, n_cls)
                         accs[m].append(float(np.mean(pred == y_test)))
                 for m, values in accs.items():
                     out[f'{group}/{k}shot/{m}_acc1'] = float(np.mean(values))

@@ -37,11 +37,14 @@ prototype groups a class again scores its best group. The host receives [N, C] s
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
+import jax
 import numpy as np
 
 from alignjax import scoring, validation
+from alignjax.data import few_shot
 from alignjax.evaluate import base, ranks
 from alignjax.evaluate import classnames as classnames_lib
 from alignjax.evaluate import metrics as metrics_lib
@@ -56,6 +59,9 @@ class ZeroShotEvaluator(base.Evaluator):
         templates=None,
         label_key='label',
         chunk_size=1024,  # images per device call when ranking classes
+        # 'base' | 'new' | class indices: classify among these classes only, on the images
+        # of these classes (CoCoOp's base-to-new protocol); None: every class.
+        classes=None,
     )
 
     def __init__(self, *args):
@@ -68,6 +74,9 @@ class ZeroShotEvaluator(base.Evaluator):
         self.scorers = self.ctx.scorers
         self.split.add_scorers(self.scorers)
         self.tasks = self._tasks()
+        if cfg.classes is not None:
+            for task in self.tasks.values():
+                _keep_classes(task, cfg.classes, f'evals.{self.name}.classes')
         for t in self.tasks:  # Label names that match no class fail now, not after embedding.
             column = base.column_name(self.tasks[t]['label_key'])
             self.class_ids(t, {column: np.zeros((0,), np.int64)})
@@ -123,15 +132,21 @@ class ZeroShotEvaluator(base.Evaluator):
         source the labels come from (default: this evaluator's split)."""
         spec, where = self.tasks[task], f'evals.{self.name}'
         column = base.label_column(spec['label_key'], labels, where)
-        return base.class_ids(
+        ids = base.class_ids(
             labels[column],
             self.split.source if source is None else source,
-            spec['classnames'],
+            spec.get('all_classnames', spec['classnames']),
             spec.get('classnames_from', f'the task {task!r} of {self.cfg.data}'),
             where,
             column,
             self.cfg.data,
         )
+        if 'subset' not in spec:
+            return ids
+        # Index into the kept classes; -1 for an image of another class (not scored).
+        position = np.full(len(spec['all_classnames']), -1, np.int64)
+        position[spec['subset']] = np.arange(len(spec['subset']))
+        return position[ids]
 
     def class_embeddings(self, params, task: str) -> np.ndarray:
         """[G, C, D]: per prototype group and class, the renormalised mean of the normalised
@@ -192,9 +207,12 @@ class ZeroShotEvaluator(base.Evaluator):
         out = {}
         for t in self.tasks:
             labels = self.class_ids(t, emb.labels)
+            task_emb = emb
+            if (labels < 0).any():  # `classes`: only the images of the kept classes
+                task_emb, labels = _rows(emb, labels >= 0), labels[labels >= 0]
             group = f'zeroshot/{self.name}' + (f'_{t}' if t else '')
             for scorer in self.scorers:
-                r = self._ranks(params, t, scorer, emb, labels)
+                r = self._ranks(params, t, scorer, task_emb, labels)
                 for k, v in metrics_lib.zero_shot_metrics_from_ranks(r, labels).items():
                     out[f'{scorer.qualify(group)}/{k}'] = v
         return out
@@ -208,6 +226,51 @@ def mean_template_embedding(z: np.ndarray, n_cls: int) -> np.ndarray:
     z /= np.linalg.norm(z, axis=-1, keepdims=True)  # encode_text normalises; be exact.
     w = z.mean(axis=1)
     return (w / np.linalg.norm(w, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _keep_classes(task: dict, classes, where: str) -> None:
+    """Restricts `task` (in place) to `classes`: 'base' / 'new' (the halves of
+    `alignjax.data.few_shot.base_new_split`) or class indices. `classnames` (and each
+    prototype group's) become the kept ones; `all_classnames` keeps the full list the
+    labels index, `subset` the kept indices."""
+    names = list(task['classnames'])
+    if isinstance(classes, str) and classes in few_shot.HALVES:
+        base_half, new_half = few_shot.base_new_split(len(names))
+        subset = base_half if classes == 'base' else new_half
+    else:
+        if isinstance(classes, str):
+            classes = classnames_lib.split_inline(classes)
+        try:
+            subset = [int(c) for c in classes]
+        except (TypeError, ValueError):
+            subset = None
+        if not subset or any(not 0 <= c < len(names) for c in subset):
+            raise ValueError(
+                f"{where}={classes!r}: use 'base', 'new' or class indices in [0, {len(names)})."
+            )
+    task['all_classnames'] = names
+    task['subset'] = list(subset)
+    task['classnames'] = [names[i] for i in subset]
+    if task.get('prototypes'):
+        task['prototypes'] = [
+            dict(g, classnames=[list(g['classnames'])[i] for i in subset])
+            for g in task['prototypes']
+        ]
+
+
+def _rows(emb, keep: np.ndarray):
+    """`emb` with only the image rows `keep` (no captions: zero-shot reads none)."""
+    return dataclasses.replace(
+        emb,
+        image=emb.image[keep],
+        text=None,
+        image_of_text=None,
+        labels={k: v[keep] for k, v in emb.labels.items()},
+        features={
+            name: (jax.tree.map(lambda a: a[keep], img), None)
+            for name, (img, _) in emb.features.items()
+        },
+    )
 
 
 def _prototype_groups(task: dict) -> list[tuple[list[str], list[str]]]:
