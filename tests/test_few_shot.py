@@ -184,3 +184,30 @@ def test_zero_shot_on_the_new_classes_ranks_only_them_on_only_their_images(run):
     assert got == pytest.approx(float(np.mean(np.argmax(scores, -1) == shape[keep] - 4)))
     with pytest.raises(ValueError, match=r"evals.zs.classes=\[9\]: use 'base', 'new' or"):
         _zero_shot(run, tasks=['shape'], classes=[9])
+
+
+def test_a_few_shot_source_resumes_exactly_in_the_train_pipeline():
+    """8 classes x 2 shots = 16 examples, batches of 6 (epochs straddle batches)."""
+    tok = data_lib.build_tokenizer(tiny_config.get_config().tokenizer)
+    source = data_lib.get_source('fewshot:synthetic:shapes?label=shape&shots=2&pool=120',
+                                 'train', image_size=16, seed=0)  # fmt: skip
+
+    def batches(state=None, n=6):
+        it = data_lib.make_train_iterator(
+            source, tokenizer=tok, global_batch_size=6, seed=3, with_metadata=True,
+            process_index=0, process_count=1,
+        )  # fmt: skip
+        with it:
+            if state is not None:
+                it.set_state_json(state)
+            out = [next(it) for _ in range(n)]
+            return out, it.get_state_json()
+
+    reference, _ = batches()
+    seen = np.concatenate([b['index'] for b in reference])
+    assert set(seen.tolist()) == set(range(16))  # every shot, and only the shots
+    _, state = batches(n=2)
+    resumed, _ = batches(state, n=4)
+    for a, b in zip(resumed, reference[2:]):
+        np.testing.assert_array_equal(a['index'], b['index'])
+        np.testing.assert_array_equal(a['image'], b['image'])
