@@ -128,10 +128,11 @@ class CoOp(base.Objective):
 
     @classmethod
     def check(cls, config) -> None:
+        # Sample paths of each tower and the temperature must be frozen, the context not.
         frozen = tuple(config.optim.freeze)
         probes = ('img/encoder/kernel', 'txt/token_embedding/embedding', 'log_scale')
-        from_optim = [p for p in probes if not any(_fullmatch(f, p) for f in frozen)]
-        if from_optim or any(_fullmatch(f, CONTEXT) for f in frozen):
+        trainable = [p for p in probes if not any(_fullmatch(f, p) for f in frozen)]
+        if trainable or any(_fullmatch(f, CONTEXT) for f in frozen):
             raise ValueError(
                 "CoOp trains only the context with both towers frozen: set "
                 "config.optim.freeze = ('(?!coop_context).*',)."
