@@ -33,8 +33,12 @@ METHOD_FIELDS = {  # Switch on every part of the methods that has one.
     'wukong': dict(num_tokens=3, groups=4),
     'uniter': dict(iterations=5),
     'filip': dict(chunk_size=5),
+    'coop': dict(classnames=('circle', 'square', 'triangle'), label_key='shape'),
 }
-CASES = [(n, {}) for n in ACCUMULATING] + [
+METHOD_OVERRIDES = {  # What a method's config must set besides its loss fields.
+    'coop': {'optim.freeze': ('(?!coop_context).*',)},  # Only the context trains.
+}
+CASES = [(n, METHOD_OVERRIDES.get(n, {})) for n in ACCUMULATING] + [
     ('clip', {'optim.freeze': ('img/.*',)}),  # LiT: a frozen tower.
     ('clip', {'ema.decay': 0.9}),  # An EMA copy updated by the step.
     # FLIP patch dropout: a row's mask follows its global index, not the micro-batch split.
@@ -61,6 +65,7 @@ def _batch(n=16):
         'summary_tokens': _tokens(rng, n),
         'neg_tokens': _tokens(rng, n),
         'sub_tokens': _tokens(rng, n * 2).reshape(n, 2, 8),
+        'coop_label': (np.arange(n) % 3).astype(np.int32),
     }
 
 
