@@ -3,8 +3,6 @@ that phrase, only the context trains, the scorer matches the training logits, th
 and class-specific contexts, and one-line errors."""
 
 import functools
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +12,7 @@ import tiny_config
 
 from alignjax import data as data_lib
 from alignjax import restore, train
+from alignjax import workdir as workdir_lib
 from alignjax.data.synthetic import SHAPES
 from alignjax.evaluate import evaluators as evaluators_lib
 from alignjax.objectives import coop as coop_lib
@@ -134,14 +133,9 @@ def test_a_step_on_the_context_lowers_the_loss_and_the_towers_get_no_update(runs
     g = jax.grad(loss_of)(params['coop_context'])
     assert float(jnp.abs(g).max()) > 0
     assert loss_of(params['coop_context'] - 0.5 * g) < loss_of(params['coop_context'])
-    rows = [r for r in _metrics(coop_dir) if 'train/loss' in r]
+    rows = [r for r in workdir_lib.read_metrics(coop_dir) if 'train/loss' in r]
     assert len(rows) == 3 and all(np.isfinite(r['train/loss']) for r in rows)
     assert 0.0 <= rows[-1]['train/acc1'] <= 1.0
-
-
-def _metrics(workdir):
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_the_coop_scorer_ranks_with_the_training_logits(runs):

@@ -119,16 +119,21 @@ def test_the_evaluator_reports_every_method_and_shot_and_agrees_with_zero_shot(r
                 assert summary[f'{g}/{k}shot/{m}_acc1_std'] >= 0.0
 
 
-def _build(run, **fields):
+def _evaluator(run, name, **fields):
+    """Evaluator `name` of the run's config, with `fields` changed, and the loaded run."""
     workdir, _ = run
     loaded = restore.load_run(None, workdir)
     config = ml_collections.ConfigDict(loaded.config.to_dict())
-    ev = dict(config.evals.fs.to_dict(), **fields)
-    config.evals = ml_collections.ConfigDict({'fs': ev})
+    ev = dict(config.evals[name].to_dict(), **fields)
+    config.evals = ml_collections.ConfigDict({name: ev})
     (built,) = evaluators_lib.build_evaluators(
         config, loaded.model, loaded.tokenizer, loaded.mesh, loaded.build.objective.scorers
     )
     return built, loaded
+
+
+def _build(run, **fields):
+    return _evaluator(run, 'fs', **fields)
 
 
 def test_tip_adapter_with_alpha_zero_is_zero_shot_classification(run):
@@ -162,14 +167,7 @@ def test_the_evaluator_draws_the_shots_a_few_shot_source_trains_on(run):
 
 
 def _zero_shot(run, **fields):
-    workdir, _ = run
-    loaded = restore.load_run(None, workdir)
-    config = ml_collections.ConfigDict(loaded.config.to_dict())
-    config.evals = ml_collections.ConfigDict({'zs': dict(config.evals.zs.to_dict(), **fields)})
-    (built,) = evaluators_lib.build_evaluators(
-        config, loaded.model, loaded.tokenizer, loaded.mesh, loaded.build.objective.scorers
-    )
-    return built, loaded
+    return _evaluator(run, 'zs', **fields)
 
 
 def test_zero_shot_on_the_new_classes_ranks_only_them_on_only_their_images(run):

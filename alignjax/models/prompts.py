@@ -51,7 +51,14 @@ Array = jax.Array
 
 POSITIONS = ("end", "middle", "front")
 
-__all__ = ["POSITIONS", "LearnedContext", "context_init", "phrase_context", "splice_context"]
+__all__ = [
+    "POSITIONS",
+    "LearnedContext",
+    "context_init",
+    "eot_positions",
+    "phrase_context",
+    "splice_context",
+]
 
 
 def _concrete(x) -> Optional[np.ndarray]:
@@ -61,7 +68,9 @@ def _concrete(x) -> Optional[np.ndarray]:
     return np.asarray(x)
 
 
-def _eot_positions(tokens: Array, eos_id: Optional[int]) -> Array:
+def eot_positions(tokens: Array, eos_id: Optional[int]) -> Array:
+    """[...] the position of each row's EOT in ``tokens`` [..., L]: ``argmax`` of the ids
+    when ``eos_id`` is None (EOS is the largest id), else the first ``eos_id``."""
     if eos_id is None:
         return jnp.argmax(tokens, axis=-1)  # CLIP: EOT is the largest id
     return jnp.argmax(tokens == eos_id, axis=-1)  # first EOS (sticky padding repeats it)
@@ -211,7 +220,7 @@ def splice_context(
             eos_id,
             start,
         )
-    eot = _eot_positions(tokens, eos_id)  # [C]
+    eot = eot_positions(tokens, eos_id)  # [C]
     if m == 0:
         return jnp.asarray(embeddings, jnp.result_type(embeddings, context)), tokens
 

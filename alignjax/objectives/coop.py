@@ -49,7 +49,6 @@ in the backward pass: a step costs about what a fine-tuning step does.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import flax.linen as nn
@@ -58,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from alignjax import scoring
+from alignjax import optim, scoring
 from alignjax.data import few_shot
 from alignjax.models import prompts
 from alignjax.objectives import base
@@ -131,8 +130,8 @@ class CoOp(base.Objective):
         # Sample paths of each tower and the temperature must be frozen, the context not.
         frozen = tuple(config.optim.freeze)
         probes = ('img/encoder/kernel', 'txt/token_embedding/embedding', 'log_scale')
-        trainable = [p for p in probes if not any(_fullmatch(f, p) for f in frozen)]
-        if trainable or any(_fullmatch(f, CONTEXT) for f in frozen):
+        trainable = [p for p in probes if not optim.match_any(frozen, p)]
+        if trainable or optim.match_any(frozen, CONTEXT):
             raise ValueError(
                 "CoOp trains only the context with both towers frozen: set "
                 "config.optim.freeze = ('(?!coop_context).*',)."
@@ -154,7 +153,7 @@ class CoOp(base.Objective):
         self.eos_id = None if tokenizer.eos_is_max_id else int(tokenizer.eos_id)
         self.has_bos = tokenizer.bos_id is not None
         phrase_tokens = np.asarray(tokenizer([phrase]))[0]
-        eot = _eot(phrase_tokens, self.eos_id)
+        eot = int(prompts.eot_positions(phrase_tokens, self.eos_id))
         self.phrase_ids = phrase_tokens[int(self.has_bos) : eot].astype(np.int32)
         if self.phrase_ids.size != self.n_ctx:
             raise ValueError(
@@ -166,10 +165,10 @@ class CoOp(base.Objective):
         self.tokens = np.asarray(tokenizer([c + suffix for c in self.classnames]), np.int32)
         # The suffix's token count (it stays before EOS in 'middle' / 'front').
         bare = np.asarray(tokenizer(list(self.classnames)), np.int32)
-        self.class_lengths = _eot_all(bare, self.eos_id) - int(self.has_bos)
-        self.n_suffix = int(
-            np.max(_eot_all(self.tokens, self.eos_id) - _eot_all(bare, self.eos_id))
-        )
+        bare_eot = np.asarray(prompts.eot_positions(bare, self.eos_id))
+        self.class_lengths = bare_eot - int(self.has_bos)
+        suffix_tokens = np.asarray(prompts.eot_positions(self.tokens, self.eos_id)) - bare_eot
+        self.n_suffix = int(np.max(suffix_tokens))
 
     def context(self, apply) -> jax.Array:
         """[M, W] or [C, M, W] float32: the context vectors V."""
@@ -250,7 +249,7 @@ class CoOp(base.Objective):
             lengths = None
             if self.cfg['position'] != 'end':
                 self._need_tokens()
-                eot = _eot_traced(tokens, self.eos_id)
+                eot = prompts.eot_positions(tokens, self.eos_id)
                 lengths = eot - int(self.has_bos) - self.n_suffix
             return self.prompt_embeddings(apply, tokens, lengths, context)
 
@@ -261,20 +260,3 @@ class CoOp(base.Objective):
             score=scoring.GLOBAL.score,
             combine_templates='embeddings',
         )
-
-
-def _eot_traced(tokens: jax.Array, eos_id: int | None) -> jax.Array:
-    """[B] position of each row's EOT (argmax id when EOS is the largest id)."""
-    return jnp.argmax(tokens, -1) if eos_id is None else jnp.argmax(tokens == eos_id, -1)
-
-
-def _eot(tokens: np.ndarray, eos_id: int | None) -> int:
-    return int(np.argmax(tokens) if eos_id is None else np.argmax(tokens == eos_id))
-
-
-def _eot_all(tokens: np.ndarray, eos_id: int | None) -> np.ndarray:
-    return np.asarray([_eot(t, eos_id) for t in tokens], np.int32)
-
-
-def _fullmatch(pattern: str, path: str) -> bool:
-    return re.fullmatch(pattern, path) is not None
