@@ -16,7 +16,7 @@ import os
 
 import ml_collections
 
-from alignjax import data, models, objectives, optim
+from alignjax import data, lora, models, objectives, optim
 from alignjax.validation import check_choice, check_fields
 
 ConfigDict = ml_collections.ConfigDict
@@ -73,6 +73,10 @@ def base_config() -> ConfigDict:
     # `evaluate`: the evaluators also score the EMA whenever they run during training, as
     # `<metric>/ema` next to `<metric>` of the trained parameters.
     c.ema = ConfigDict({'decay': 0.0, 'schedule': 'constant', 'evaluate': True})
+    # LoRA adapters (alignjax/lora.py): rank-r factors on the kernels `targets` selects, the
+    # model run with W + (alpha / r) A B; `python -m alignjax.export` merges them. rank 0: off.
+    # Train only them with optim.freeze = lora.FREEZE_ALL_BUT_LORA (configs/lora.py).
+    c.lora = lora.default_config()
 
     # Device mesh: axis sizes; -1 takes the remaining devices. Batches are sharded over
     # (data, fsdp); large weights over fsdp ('embed' axis) and tensor ('mlp', 'heads').
@@ -198,6 +202,7 @@ def resolve(config: ConfigDict) -> ConfigDict:
             f'config.keep_checkpoints_every={config.keep_checkpoints_every} >= 0.'
         )
     optim.check_config(config.optim, config.total_steps)
+    lora.check_config(config.lora)
     objectives.get(config.loss.name).check(config)
     for name, ev in config.evals.items():
         if 'type' not in ev:

@@ -28,6 +28,8 @@ arrays. Files are created with the usual permissions (the umask applies).
 
 An export of a run records the run's evaluation transform: `data.image_size`, the centre
 crop (or the source's `eval_crop` / `interpolation`) and `data.normalize`'s statistics.
+A run with LoRA adapters (`config.lora`) is exported merged (`alignjax.lora.merge`): the
+file holds plain kernels and loads into the plain model of its `model_config`.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from flax import serialization
 from safetensors.numpy import save_file
 
 from alignjax import checkpoint as checkpoint_lib
-from alignjax import errors, models, weight_files
+from alignjax import errors, lora, models, weight_files
 from alignjax.data import clip_bpe, sources, transforms
 
 FORMAT_VERSION = 2  # 2: + preprocess and tokenizer
@@ -451,7 +453,8 @@ def read_run(path: str, step: int | None = None, tokenizer_path: str | None = No
         )
     has_data = 'data' in config and 'tokenizer' in config
     return Exported(
-        params=unflatten(flat),
+        # A LoRA run's factors are merged into its kernels: the export is a plain model.
+        params=lora.merge(unflatten(flat), config.get('lora')),
         model_config=config['model'],
         preprocess=preprocess_from_config(config) if has_data else None,
         tokenizer=tokenizer_from_config(config, tokenizer_path) if has_data else None,

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from alignjax import checkpoint, export, optim
+from alignjax import checkpoint, export, lora, optim
 
 
 class ParamsSource:
@@ -164,6 +164,15 @@ def load_params(
     dst_abstract = checkpoint.flat_by_path(abstract_params)
     dst_shapes = {k: tuple(v.shape) for k, v in dst_abstract.items()}
     src_shapes = {k: s for k, (s, _) in source.shapes.items()}
+    lora_prefix = lora.LORA + '/'
+    if any(k.startswith(lora_prefix) for k in src_shapes) and not any(
+        k.startswith(lora_prefix) for k in dst_shapes
+    ):  # Its kernels alone are the model before adaptation: loading them loses the update.
+        raise ValueError(
+            f"init_from.path {init_from['path']} is a LoRA run: its kernels do not include "
+            f"the adapters ('lora/...'). Export it (python -m alignjax.export --workdir "
+            f"{init_from['path']} --out DIR), which merges them, and set init_from.path=DIR."
+        )
     pairs = match_params(dst_shapes, src_shapes, init_from.get('mapping', ()))
     loaded = source.read({d: (s, dst_abstract[d]) for d, s in pairs.items()})
 

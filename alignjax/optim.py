@@ -21,6 +21,7 @@ update and have no optimizer state (`optax.multi_transform` + `optax.set_to_zero
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -135,6 +136,12 @@ def decay_mask(params, no_decay: Sequence[str] = ()):
 def frozen_mask(params, freeze: Sequence[str]):
     """True for frozen parameters (matched by any regex in `freeze`)."""
     return jax.tree_util.tree_map_with_path(lambda p, _: match_any(freeze, path_str(p)), params)
+
+
+def trainable_count(params, freeze: Sequence[str]) -> int:
+    """How many parameter values `optim.freeze` leaves trainable (shapes suffice)."""
+    mask = jax.tree_util.tree_leaves(frozen_mask(params, freeze))
+    return sum(math.prod(x.shape) for f, x in zip(mask, jax.tree_util.tree_leaves(params)) if not f)
 
 
 def make_optimizer(c: ConfigDict, params) -> tuple[optax.GradientTransformation, Callable]:

@@ -43,7 +43,7 @@ class LoadedRun:
     build: state_lib.StateBuild
     step: int
     model: nn.Module  # The model the selected weights belong to.
-    params: Any  # The selected weight set.
+    params: Any  # The selected weight set, LoRA factors merged: what `model` applies.
 
 
 def load_config(workdir: str) -> ConfigDict:
@@ -151,7 +151,7 @@ def load_run(
                 )
             raise checkpoint_lib.CheckpointMismatchError(f'{e} {hint}'.strip()) from e
         params = tree['params'] if weights == PARAMS else tree['weights'][weights]
-        return resolved, mesh, build, params
+        return resolved, mesh, build, build.model_params(params)  # LoRA merged
 
     collective = jax.process_count() > 1
     step, (resolved, mesh, build, params) = checkpoint_lib.read_good_step(

@@ -30,7 +30,7 @@ import optax
 
 from alignjax import checkpoint as checkpoint_lib
 from alignjax import init_from as init_from_lib
-from alignjax import models, objectives, optim, parallel
+from alignjax import lora, models, objectives, optim, parallel
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -77,6 +77,12 @@ class StateBuild:
     init_fn: Callable[[], TrainState]
     extra: dict[str, ExtraWeights]
     buffers: dict[str, objectives.Buffer] = dataclasses.field(default_factory=dict)
+    lora_config: Any = None  # config.lora when it adds adapters, else None
+
+    def model_params(self, params: Any) -> Any:
+        """The parameters the model is applied with: `params` with their LoRA factors
+        merged into the kernels (`alignjax.lora.merge`); unchanged without adapters."""
+        return lora.merge(params, self.lora_config)
 
 
 # --------------------------------------------------------------------------------------
@@ -204,6 +210,15 @@ def build_state(config: ConfigDict, mesh: jax.sharding.Mesh) -> StateBuild:
     objective = objectives.build(config.loss, mesh)
     model = objective.wrap_model(models.build(config.model))
     params, param_sh = abstract_params(model, config, mesh)
+    use_lora = lora.enabled(config.lora)
+    if use_lora:  # The factors are small: replicated.
+        params = {**params, lora.LORA: lora.abstract_factors(params, config.lora)}
+        param_sh = {
+            **param_sh,
+            lora.LORA: jax.tree_util.tree_map(
+                lambda _: parallel.replicated(mesh), params[lora.LORA]
+            ),
+        }
     optim_config = ConfigDict(dict(config.optim.to_dict(), total_steps=config.total_steps))
     tx, schedule = optim.make_optimizer(optim_config, params)
 
@@ -241,6 +256,9 @@ def build_state(config: ConfigDict, mesh: jax.sharding.Mesh) -> StateBuild:
         # A key of its own: adding buffers leaves the parameters' initialisation unchanged.
         buffer_rng = jax.random.fold_in(jax.random.key(seed), 7)
         p = nn.unbox(model.init(init_rng, images, tokens)['params'])
+        if use_lora:  # A key of its own: the model's initialisation is unchanged.
+            lora_rng = jax.random.fold_in(jax.random.key(seed), 11)
+            p = {**p, lora.LORA: lora.init_factors(lora_rng, p, config.lora)}
         weights = {}
         for n, e in extra.items():
             if e.model is model:  # A copy of the initial parameters (replaced by init_from).
@@ -275,7 +293,16 @@ def build_state(config: ConfigDict, mesh: jax.sharding.Mesh) -> StateBuild:
     )
     abstract_state = checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
     return StateBuild(
-        objective, model, tx, schedule, abstract_state, shardings, init_fn, extra, buffers
+        objective,
+        model,
+        tx,
+        schedule,
+        abstract_state,
+        shardings,
+        init_fn,
+        extra,
+        buffers,
+        config.lora if use_lora else None,
     )
 
 

@@ -175,6 +175,8 @@ def make_train_step(
         )
 
     def bind(m: nn.Module, params) -> Callable:
+        params = build.model_params(params)  # LoRA factors merged (differentiably)
+
         def apply(*args, **kwargs):
             return m.apply({'params': params}, *args, **kwargs)
 
@@ -504,6 +506,7 @@ def dry_run(config: ConfigDict, workdir: str | None = None, devices=None, compil
         return total
 
     params = {'params': count(t.abstract_state.params)}
+    trainable = optim.trainable_count(t.abstract_state.params, config.optim.freeze)
     params.update({name: count(w) for name, w in t.abstract_state.weights.items()})
     state_bytes = per_device(t.abstract_state)
     step_bytes = None
@@ -522,6 +525,7 @@ def dry_run(config: ConfigDict, workdir: str | None = None, devices=None, compil
     gib = 2.0**30
     lines = ['Dry run: nothing was read from data or vocabulary files, nothing was written.']
     lines += [f'  parameters ({name}): {n:,} ({n / 1e6:.1f}M)' for name, n in params.items()]
+    lines.append(f'  trained (not in optim.freeze): {trainable:,} ({trainable / 1e6:.3g}M)')
     lines.append(
         f'  mesh {dict(t.mesh.shape)} over {t.mesh.size} {jax.devices()[0].platform} devices'
     )
@@ -541,6 +545,7 @@ def dry_run(config: ConfigDict, workdir: str | None = None, devices=None, compil
     _log('\n'.join(lines))
     return {
         'params': params,
+        'trainable_params': trainable,
         'state_bytes_per_device': state_bytes,
         'step_bytes_per_device': step_bytes,
         'resume_step': resume_step,
@@ -576,7 +581,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
     else:
         state = t.init_fn()
         n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-        _log(f'Initialised {n_params / 1e6:.2f}M parameters on mesh {dict(mesh.shape)}')
+        trained = optim.trainable_count(state.params, config.optim.freeze)
+        _log(
+            f'Initialised {n_params / 1e6:.2f}M parameters ({trained / 1e6:.3g}M trained) on '
+            f'mesh {dict(mesh.shape)}'
+        )
         if config.init_from.path:
             state, report = init_from_lib.init_params_from(
                 config.init_from, state, t.abstract_state.params, config.optim.freeze
@@ -612,9 +621,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
         for i, ev in enumerate(due):
             began = time.perf_counter()
             _log(f'Evaluating {ev.name} ({i + 1}/{len(due)}) at step {step} ...')
-            results.update(ev.run(state.params))
+            results.update(ev.run(t.build.model_params(state.params)))
             for name in scored_sets:
-                results.update({f'{k}/{name}': v for k, v in ev.run(state.weights[name]).items()})
+                weights = t.build.model_params(state.weights[name])
+                results.update({f'{k}/{name}': v for k, v in ev.run(weights).items()})
             _log(f'  {ev.name} done in {time.perf_counter() - began:.1f} s')
         if results:
             writer.write(step, results)

@@ -80,6 +80,26 @@ def pretrained(root: str, steps: int = 400, size: str = "demo", seed: int = 0) -
     return workdir
 
 
+#: The start of the few-label experiments (CoOp, LoRA): half of configs/demo.py's schedule.
+DEMO_START_STEPS = 550
+
+
+def demo_start(workdir: str, start: str | None = None) -> str:
+    """``start`` if given, else configs/demo.py trained for DEMO_START_STEPS steps (its full
+    schedule; about 4 minutes on 2 cores) once into ``workdir/start_demo_550`` and reused."""
+    if start:
+        return start
+    from alignjax import train
+
+    path = os.path.join(workdir, f"start_demo_{DEMO_START_STEPS}")
+    if not os.path.exists(os.path.join(path, "summary.json")):  # written when a run ends
+        print(f"Training the start (configs/demo.py, {DEMO_START_STEPS} steps) in {path} ...")
+        c = _config_module("demo").get_config()
+        c.total_steps = c.eval_every_steps = c.checkpoint_every_steps = DEMO_START_STEPS
+        train.train_and_evaluate(c, path)
+    return path
+
+
 def pretrained_metrics(workdir: str) -> dict[str, float]:
     """The row (see ``summary_row``) of the finished pre-training run in ``workdir``."""
     with open(os.path.join(workdir, "pretrained.json")) as f:

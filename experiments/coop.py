@@ -50,8 +50,6 @@ from alignjax import train  # noqa: E402
 from alignjax.data import few_shot  # noqa: E402
 from alignjax.data.synthetic import SHAPES  # noqa: E402
 
-START_STEPS = 550  # half the main job: about 4 minutes on 2 cores, cached
-
 METHODS = {
     "zeroshot": "hand-crafted prompt",
     "coop": "CoOp (learned prompt)",
@@ -59,19 +57,6 @@ METHODS = {
     "tip_adapter": "Tip-Adapter cache",
     "linear_probe": "linear probe",
 }
-
-
-def start_run(workdir: str, start: str | None) -> str:
-    """The trained start: ``start``, or configs/demo.py trained once under ``workdir``."""
-    if start:
-        return start
-    path = os.path.join(workdir, f"start_demo_{START_STEPS}")
-    if not os.path.exists(os.path.join(path, "summary.json")):  # written when a run ends
-        print(f"Training the start (configs/demo.py, {START_STEPS} steps) in {path} ...")
-        c = _pretrained._config_module("demo").get_config()
-        c.total_steps = c.eval_every_steps = c.checkpoint_every_steps = START_STEPS
-        train.train_and_evaluate(c, path)
-    return path
 
 
 def coop_config(start: str, shots: int, seed: int, steps: int):
@@ -137,7 +122,7 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "coop.json"))
     a = p.parse_args(argv)
     t0 = time.time()
-    start = start_run(a.workdir, a.start)
+    start = _pretrained.demo_start(a.workdir, a.start)
     t_start = time.time() - t0
     # Runs are cached per start (a finished workdir is reused, not retrained).
     tag = "from_" + os.path.basename(os.path.normpath(start))

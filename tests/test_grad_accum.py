@@ -34,6 +34,7 @@ METHOD_FIELDS = {  # Switch on every part of the methods that has one.
     'uniter': dict(iterations=5),
     'filip': dict(chunk_size=5),
     'coop': dict(classnames=('circle', 'square', 'triangle'), label_key='shape'),
+    'classify': dict(classnames=('circle', 'square', 'triangle'), label_key='shape'),
 }
 METHOD_OVERRIDES = {  # What a method's config must set besides its loss fields.
     'coop': {'optim.freeze': ('(?!coop_context).*',)},  # Only the context trains.
@@ -43,6 +44,8 @@ CASES = [(n, METHOD_OVERRIDES.get(n, {})) for n in ACCUMULATING] + [
     ('clip', {'ema.decay': 0.9}),  # An EMA copy updated by the step.
     # FLIP patch dropout: a row's mask follows its global index, not the micro-batch split.
     ('clip', {'model.image.patch_dropout': 0.5}),
+    # LoRA: the factors train through the merged kernels, the towers frozen.
+    ('clip', {'lora.rank': 2, 'optim.freeze': ('(?!lora/).*',)}),
 ]
 
 
