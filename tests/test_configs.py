@@ -23,6 +23,7 @@ import pytest
 from alignjax import data, train
 from alignjax import workdir as workdir_lib
 from alignjax.config import load_config_file, resolve
+from alignjax.data import mixture
 from alignjax.evaluate import classnames
 from alignjax.evaluate.evaluators import EVALUATORS
 from alignjax.validation import check_fields
@@ -41,6 +42,8 @@ VARIANTS = [
     ('demo', 'siglip'),
     ('finetune_clip', 'full'),
     ('lora', 'full'),
+    ('unicl', 'none'),
+    ('unicl', 'replace_sos'),
 ]
 RUNLOCAL = [(n, 'runlocal') for n in SCALE] + [('finetune_clip', 'full,runlocal')]
 
@@ -54,6 +57,8 @@ OBJECTIVE_DATA = {
     'dreamlip': 'synthetic:shapes?extra_captions=true',  # Sub-captions from long captions.
     'pyramid': 'synthetic:shapes?extra_captions=true',  # Summary captions.
     'negclip': 'synthetic:shapes?hard_negatives=true',  # A hard negative per caption.
+    # Shape labels read as prompts, mixed with the captions.
+    'unicl': 'mix:0.5*labels:synthetic:shapes?label=shape;0.5*synthetic:shapes',
 }
 
 
@@ -84,6 +89,16 @@ def test_config_list():
     assert set(OBJECTIVE_DATA) <= set(OBJECTIVES)
 
 
+def _leaf_specs(spec):
+    """The source specs inside `spec`: mix: components, fewshot: / labels: wrappers removed."""
+    if spec.startswith('mix:'):
+        return [leaf for _, part in mixture.parse_mixture(spec[4:]) for leaf in _leaf_specs(part)]
+    for wrapper in ('fewshot:', 'labels:'):
+        if spec.startswith(wrapper):
+            return _leaf_specs(spec[len(wrapper) :])
+    return [spec]
+
+
 @pytest.mark.parametrize('name, arg', [(n, None) for n in CONFIGS] + VARIANTS, ids=lambda x: str(x))
 def test_config_dry_runs_as_written(name, arg):
     """What `--dry_run` does, unshrunk (B/16 included) on 8 devices: the trainer builds and
@@ -108,8 +123,9 @@ def test_config_dry_runs_as_written(name, arg):
         assert c.tokenizer.name in ('clip_bpe', 'sentencepiece'), 'a real tokenizer'
         assert {ev.type for ev in c.evals.values()} == {'zeroshot', 'retrieval'}
     specs = [c.data.train] + [ev.get('data', 'synthetic:shapes') for ev in c.evals.values()]
-    for spec in specs:  # fewshot: wraps a source spec
-        assert data.parse_spec(spec.removeprefix('fewshot:'))[0] in data.SOURCES, spec
+    for spec in specs:
+        for leaf in _leaf_specs(spec):
+            assert data.parse_spec(leaf)[0] in data.SOURCES, spec
     for ev_name, ev in c.evals.items():
         check_fields(ev, EVALUATORS[ev.type].FIELDS, f'evals.{ev_name}')
         if isinstance(ev.get('classnames'), str):

@@ -69,6 +69,9 @@ def _batch(n=16):
         'neg_tokens': _tokens(rng, n),
         'sub_tokens': _tokens(rng, n * 2).reshape(n, 2, 8),
         'coop_label': (np.arange(n) % 3).astype(np.int32),
+        # UniCL: classes shared across micro-batches, and captions (-1) of their own.
+        'class_id': np.where(np.arange(n) % 4 == 3, -1, np.arange(n) % 3).astype(np.int32),
+        'data_type': (np.arange(n) % 4 != 3).astype(np.int32),
     }
 
 

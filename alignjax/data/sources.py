@@ -24,7 +24,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from alignjax.data import csv_source, few_shot, mixture, synthetic, tfds_source, wds
+from alignjax.data import csv_source, few_shot, label_prompts, mixture, synthetic, tfds_source, wds
 
 __all__ = ["SOURCES", "get_source", "parse_spec", "register_source"]
 
@@ -84,6 +84,8 @@ def get_source(spec: str, split: str, **kwargs):
         return _mixture(spec[len("mix:") :], split, **kwargs)
     if spec.startswith("fewshot:"):
         return _few_shot(spec[len("fewshot:") :], split, **kwargs)
+    if spec.startswith("labels:"):
+        return _label_prompts(spec[len("labels:") :], split, **kwargs)
     scheme, name, params = parse_spec(spec)
     if scheme not in SOURCES:
         raise ValueError(
@@ -139,6 +141,29 @@ def _few_shot(body: str, split: str, **kwargs):
         seed=int(mine.get("shot_seed", 0)),
         pool=None if mine.get("pool") is None else int(mine["pool"]),
         classes=None if mine.get("classes") is None else str(mine["classes"]),
+    )
+
+
+LABEL_PROMPT_KEYS = ("label", "templates", "names")
+
+
+def _label_prompts(body: str, split: str, **kwargs):
+    inner, _, query = body.partition("?")
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    mine = {k: v for k, v in pairs if k in LABEL_PROMPT_KEYS}
+    rest = urllib.parse.urlencode([(k, v) for k, v in pairs if k not in LABEL_PROMPT_KEYS])
+    if "label" not in mine:
+        raise ValueError(
+            f"labels:{body} needs label=, e.g. 'labels:synthetic:shapes?label=shape'."
+        )
+    source = get_source(inner + (f"?{rest}" if rest else ""), split, **kwargs)
+    templates = mine.get("templates")
+    names = mine.get("names")
+    return label_prompts.LabelPromptSource(
+        source,
+        mine["label"],
+        templates=templates.split("|") if templates else label_prompts.DEFAULT_TEMPLATES,
+        names=[n.strip() for n in names.split(",")] if names else None,
     )
 
 

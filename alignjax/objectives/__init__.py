@@ -21,6 +21,7 @@ from alignjax.objectives import (  # noqa: F401  (importing a method module regi
     negclip,
     pyramid,
     siglip,
+    unicl,
     uniter,
     wukong,
 )
