@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from alignjax.objectives import base, coop
 
@@ -84,7 +83,4 @@ class Classify(base.Objective):
 
     def loss(self, out, batch, ctx):
         del ctx
-        logits, labels = out['logits'], batch[coop.LABEL]
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-        return loss, {'loss': base.stop(loss), 'acc1': base.stop(acc)}
+        return coop.label_cross_entropy(out['logits'], batch[coop.LABEL])

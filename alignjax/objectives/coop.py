@@ -97,6 +97,14 @@ class ClassLabel:
         return self.map(example)
 
 
+def label_cross_entropy(logits: jax.Array, labels: jax.Array):
+    """``(loss, metrics)``: mean cross-entropy of class ``logits`` [B, C] against integer
+    ``labels`` [B], with the batch's top-1 accuracy (``acc1``)."""
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+    return loss, {'loss': base.stop(loss), 'acc1': base.stop(acc)}
+
+
 @base.register
 class CoOp(base.Objective):
     """Learned context vectors on frozen towers; cross-entropy over zero-shot logits."""
@@ -225,10 +233,7 @@ class CoOp(base.Objective):
 
     def loss(self, out, batch, ctx):
         del ctx
-        logits, labels = out['logits'], batch[LABEL]
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-        return loss, {'loss': base.stop(loss), 'acc1': base.stop(acc)}
+        return label_cross_entropy(out['logits'], batch[LABEL])
 
     # -- evaluation ----------------------------------------------------------------------
     @property

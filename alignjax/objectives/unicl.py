@@ -111,7 +111,7 @@ class UniCL(base.Objective):
     def prefixed(self, apply, tokens: jax.Array, data_type: jax.Array):
         """(ids [B, L], input embeddings [B, L, W]) of ``tokens`` with the prefix of each
         row's ``data_type`` [B]; ``apply(ids, emb, method='encode_text')`` encodes them."""
-        if self.eos_id is None and self.has_bos is None:
+        if self.has_bos is None:  # set by bind_tokenizer (eos_id may rightly be None)
             raise RuntimeError(
                 'unicl has no tokenizer yet: build the run through alignjax.train / '
                 'alignjax.restore, which call Objective.bind_tokenizer.'
