@@ -52,6 +52,18 @@ mentioned attribute; same template and synonyms), for NegCLIP-style hard negativ
 (``loss.name='negclip'``); swapped (shape, colour) pairs stay among the split's pairs.
 The grain pipelines (``alignjax.data.pipeline``) flatten ``labels`` into ``label_<attr>``
 int32 keys.
+
+A second modality of the same scenes: ``render='depth'`` (spec
+``synthetic:shapes?render=depth``) replaces the RGB photo with a depth map of the same
+scene, as a range camera looking down would record it: a ground plane at a random tilt
+(far, bright) with the objects raised towards the camera (near, dark), chamfered edges, a
+random object height and sensor noise; grey, replicated to 3 channels (``uint8 [S, S, 3]``)
+so the image pipeline and an RGB-initialised tower read it unchanged. Shape, size,
+position and count are in it; colour is not. Example ``i`` of a depth source and of the RGB
+source with the same ``(seed, split)`` show the same scene with the same caption and labels
+(the depth map is drawn from its own random stream), which is what binding a new modality
+to a frozen tower (``configs/bind.py``) and its emergent depth <-> photo retrieval
+(``alignjax.evaluate.cross_modal``) rely on.
 """
 
 from __future__ import annotations
@@ -65,6 +77,7 @@ __all__ = [
     "ShapesDataset",
     "ATTRIBUTES",
     "COLOR_RGB",
+    "RENDERS",
 ]
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "ring", "crescent")
@@ -146,6 +159,8 @@ _SPACES_RE = re.compile(r"\s+")
 _P_MENTION = {"size": 0.85, "position": 0.85, "color": 0.95, "shape": 0.95}
 
 _SPLITS = {"train": 0, "test": 1, "val": 2}
+#: What ``render=`` draws of a scene: the RGB photo, or its depth map (no colour).
+RENDERS = ("rgb", "depth")
 _DEFAULT_SIZES = {"train": 1_000_000, "test": 2000, "val": 2000}
 
 
@@ -254,6 +269,8 @@ class ShapesDataset:
       num_examples: number of indices, or None for the split's default.
       shapes, colors: class names (a list or comma-separated) to keep, or None for all:
         only the split's (shape, color) pairs of those classes are drawn.
+      render: ``'rgb'`` (the photo) or ``'depth'`` (the same scene's depth map; module
+        docstring). Captions and labels do not depend on it.
 
     ``ds[i]`` returns ``{'image': uint8 [S, S, 3], 'caption': str, 'labels': {attr: int}}``
     with labels indexing ``ATTRIBUTES[attr]``.
@@ -273,6 +290,7 @@ class ShapesDataset:
         object_scale: float = 1.0,
         shapes: str | tuple[str, ...] | None = None,
         colors: str | tuple[str, ...] | None = None,
+        render: str = "rgb",
     ):
         if split not in _SPLITS:
             raise ValueError(f"Unknown split {split!r}; valid splits: {sorted(_SPLITS)}.")
@@ -280,6 +298,9 @@ class ShapesDataset:
             raise ValueError(f"image_size must be >= 16 pixels, got {image_size}.")
         if num_examples is not None and int(num_examples) <= 0:
             raise ValueError(f"num_examples must be positive, got {num_examples}.")
+        if render not in RENDERS:
+            raise ValueError(f"render={render!r} is not a rendering; valid: {list(RENDERS)}.")
+        self.render = render
         self.split = split
         self.image_size = int(image_size)
         self.seed = int(seed)
@@ -320,7 +341,10 @@ class ShapesDataset:
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
         u = rng.random(12)
         labels = self._sample_labels(u)
-        image = self._render(labels, u, rng)
+        image = self._render(labels, u, rng)  # Always: its draws precede the caption's.
+        if self.render == "depth":
+            depth_rng = np.random.default_rng([self.seed, _SPLITS[self.split], index, 2])
+            image = self._depth(labels, u, depth_rng)
         caption_state = rng.bit_generator.state
         caption = self._caption(labels, rng)
         example = {"image": image, "caption": caption, "labels": labels}
@@ -334,7 +358,8 @@ class ShapesDataset:
     def __repr__(self) -> str:
         return (
             f"ShapesDataset(split={self.split!r}, image_size={self.image_size}, "
-            f"seed={self.seed}, num_examples={self.num_examples})"
+            f"seed={self.seed}, num_examples={self.num_examples}"
+            + (f", render={self.render!r})" if self.render != "rgb" else ")")
         )
 
     # -- metadata -----------------------------------------------------------------------
@@ -447,13 +472,10 @@ class ShapesDataset:
             "count": int(u[3] * 2),
         }
 
-    def _render(self, labels: dict[str, int], u: np.ndarray, rng) -> np.ndarray:
+    def _objects(self, labels: dict[str, int], u: np.ndarray):
+        """The scene's geometry: yields ``(y0, y1, x0, x1, d, radius)`` per object, ``d``
+        the signed distance in pixels (negative inside) over its bounding window."""
         size = self.image_size
-        base = 25.0 + 50.0 * u[4]
-        noise = rng.integers(-6, 7, size=(size, size, 1), dtype=np.int16)
-        img = np.broadcast_to(noise.astype(np.float32) + np.float32(base), (size, size, 3)).copy()
-        color = COLOR_RGB[labels["color"]] + rng.integers(-10, 11, size=3).astype(np.float32)
-
         large = labels["size"] == 1
         radius = size * (0.21 if large else 0.13) * self.object_scale * (0.93 + 0.14 * u[5])
         cx = size * ((0.22, 0.5, 0.78)[labels["position"]] + 0.06 * (u[6] - 0.5))
@@ -471,11 +493,34 @@ class ShapesDataset:
             x = (self._coords[x0:x1] - np.float32(cx))[None, :]
             y = (self._coords[y0:y1] - np.float32(cy))[:, None]
             x, y = np.broadcast_arrays(x, y)
-            d = _sdf(shape, x, y, np.float32(radius))
+            yield y0, y1, x0, x1, _sdf(shape, x, y, np.float32(radius)), radius
+
+    def _render(self, labels: dict[str, int], u: np.ndarray, rng) -> np.ndarray:
+        size = self.image_size
+        base = 25.0 + 50.0 * u[4]
+        noise = rng.integers(-6, 7, size=(size, size, 1), dtype=np.int16)
+        img = np.broadcast_to(noise.astype(np.float32) + np.float32(base), (size, size, 3)).copy()
+        color = COLOR_RGB[labels["color"]] + rng.integers(-10, 11, size=3).astype(np.float32)
+        for y0, y1, x0, x1, d, _ in self._objects(labels, u):
             alpha = np.clip(np.float32(0.5) - d, 0.0, 1.0)[..., None]  # 1-px antialiasing
             patch = img[y0:y1, x0:x1]
             patch += alpha * (color - patch)
         return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+    def _depth(self, labels: dict[str, int], u: np.ndarray, rng) -> np.ndarray:
+        """The scene's depth map in [0, 1] as uint8 grey x 3: near is dark."""
+        size = self.image_size
+        t = self._coords / np.float32(size) - np.float32(0.5)  # [-0.5, 0.5]
+        tilt_x, tilt_y = (0.16 * rng.random(2) - 0.08).astype(np.float32)
+        depth = np.float32(0.8) + tilt_x * t[None, :] + tilt_y * t[:, None]  # the ground
+        rise = np.float32(0.35 + 0.2 * rng.random())  # how far the objects stand up
+        for y0, y1, x0, x1, d, radius in self._objects(labels, u):
+            bevel = np.float32(max(1.0, 0.35 * radius))  # chamfered sides, flat top
+            h = np.clip((np.float32(0.5) - d) / bevel, 0.0, 1.0)
+            depth[y0:y1, x0:x1] -= rise * h * h * (3 - 2 * h)  # smoothstep profile
+        depth += rng.normal(0.0, 0.01, size=(size, size)).astype(np.float32)  # sensor noise
+        grey = np.clip(depth * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
 
     def _hard_negative(self, labels: dict[str, int], caption: str, state, u: float) -> str:
         """The caption with one attribute swapped: the same template and synonym draws (the
