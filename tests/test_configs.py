@@ -32,10 +32,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, 'configs')
 CONFIGS = sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith('.py'))
 SCALE = ('clip_vit_b16', 'siglip_vit_b16', 'lit_vit_b16', 'finetune_clip')
-# Adaptations of a trained model (CoOp, LoRA): they start from a run given as the argument,
-# and their baselines (hand-crafted prompts, the few-shot evaluator's class mean, cache
-# adapter and linear probe; full fine-tuning) are evaluators or variants of the same config.
-ADAPTERS = ('coop', 'lora')
+# Adaptations of a trained model (binding, CoOp, LoRA): they start from a run given as the
+# argument, and their baselines (the frozen start; hand-crafted prompts, the few-shot
+# evaluator's class mean, cache adapter and linear probe; full fine-tuning; a tower from
+# scratch) are evaluators or variants of the same config.
+ADAPTERS = ('bind', 'coop', 'lora')
 OBJECTIVES = sorted(set(CONFIGS) - set(SCALE) - set(ADAPTERS) - {'demo'})
 VARIANTS = [
     ('demo', 'clip'),

@@ -7,6 +7,7 @@ Zero-shot and retrieval rank with each `alignjax.scoring.Scorer` given to `build
 (global cosine by default; token-wise for FILIP / Wukong), see docs/EVALUATION.md "Scorers".
 """
 
+from alignjax.evaluate.cross_modal import CrossModalEvaluator
 from alignjax.evaluate.embed import Embedder, EvalSplit
 from alignjax.evaluate.evaluators import EVALUATORS, build_evaluators
 from alignjax.evaluate.geometry import alignment, geometry_metrics, modality_gap, uniformity
@@ -24,6 +25,7 @@ from alignjax.evaluate.zero_shot import ZeroShotEvaluator
 
 __all__ = [
     'EVALUATORS',
+    'CrossModalEvaluator',
     'Embedder',
     'EvalSplit',
     'GeometryEvaluator',

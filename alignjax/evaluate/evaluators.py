@@ -4,6 +4,7 @@ An evaluator is configured under `config.evals.<name>`; `type` picks the class:
 
   config.evals.shapes = dict(
       type='zeroshot',            # zeroshot | retrieval | geometry | linear_probe | fewshot
+                                  # | cross_modal
       data='synthetic:shapes',    # source spec (alignjax.data.get_source)
       split='test',
       num_examples=1000,          # None: the whole split
@@ -11,7 +12,8 @@ An evaluator is configured under `config.evals.<name>`; `type` picks the class:
       every_steps=0,              # 0: config.eval_every_steps
   )
 
-Each type's own fields are in its module (`zero_shot`, `retrieval`, `linear_probe`); an
+Each type's own fields are in its module (`zero_shot`, `retrieval`, `linear_probe`,
+`few_shot`, `cross_modal`: emergent retrieval against another model's tower); an
 unknown field fails naming the valid ones. Values given as strings (the command line's
 `--config.evals.NAME.FIELD=VALUE` for a field the config did not have) are read as the type
 of the field's default (`base.coerce`): `cache=false`, `num_examples=500`,
@@ -40,6 +42,7 @@ import ml_collections
 
 from alignjax import scoring, validation
 from alignjax.evaluate import base
+from alignjax.evaluate.cross_modal import CrossModalEvaluator
 from alignjax.evaluate.embed import Embedder
 from alignjax.evaluate.few_shot import FewShotEvaluator
 from alignjax.evaluate.linear_probe import LinearProbeEvaluator
@@ -56,6 +59,7 @@ EVALUATORS = {
         GeometryEvaluator,
         LinearProbeEvaluator,
         FewShotEvaluator,
+        CrossModalEvaluator,
     )
 }
 
