@@ -30,6 +30,13 @@ from alignjax.losses.refine import (
     soft_cross_entropy,
 )
 from alignjax.losses.ring import siglip_loss_ring
+from alignjax.losses.structure import (
+    js_divergence,
+    lambda_schedule,
+    neighbourhood_probs,
+    structure_loss,
+    structure_regularizer,
+)
 from alignjax.losses.targets import (
     contrastive_from_logits,
     hard_targets,
@@ -52,9 +59,12 @@ __all__ = [
     "hycd_loss",
     "in_batch_accuracy",
     "info_nce",
+    "js_divergence",
     "kl_soft",
     "label_targets",
+    "lambda_schedule",
     "multi_positive_targets",
+    "neighbourhood_probs",
     "rafa_loss",
     "sample_reference",
     "select_top_tokens",
@@ -63,6 +73,8 @@ __all__ = [
     "smoothed_targets",
     "soft_cross_entropy",
     "softened_targets",
+    "structure_loss",
+    "structure_regularizer",
     "symmetric_contrastive",
     "token_similarity",
 ]
