@@ -8,6 +8,7 @@ package, one file each; a user's own module registers the same way and is listed
 """
 
 from alignjax.objectives import (  # noqa: F401  (importing a method module registers it)
+    attributes,
     classify,
     clim,
     clip,
@@ -18,6 +19,7 @@ from alignjax.objectives import (  # noqa: F401  (importing a method module regi
     dreamlip,
     filip,
     lightclip,
+    mlm,
     negclip,
     pyramid,
     siglip,
