@@ -18,7 +18,7 @@ been paired: that is the emergent retrieval the `depth_photo` evaluator measures
 * loss: CLIP's (`clip`), InfoNCE against the frozen text embeddings, LanguageBind's;
 * depth tower: initialised from the run's photo tower (LanguageBind starts from CLIP's
   ViT), or from scratch with the argument `scratch`;
-* optimizer: AdamW at 1e-3, cosine decay, 300 steps at batch 64;
+* optimizer: AdamW at 1e-3, cosine decay, 200 steps at batch 64;
 * evaluation on 1000 test scenes: zero-shot classification of the depth maps through the
   frozen text tower's prompts (`zeroshot/depth_*`; colour is not in a depth map: its
   chance is 1/8), depth <-> caption retrieval (`retrieval/depth_text/*`), and depth <->
@@ -49,7 +49,7 @@ FROZEN = (r'txt/.*', r'log_scale')
 
 
 def get_config(arg=None):
-    path, scratch, steps = START, False, 300
+    path, scratch, steps = START, False, 200
     for part in [p for p in str(arg or '').split(',') if p]:
         if part == 'scratch':
             scratch = True

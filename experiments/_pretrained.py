@@ -16,6 +16,7 @@ tokenizer, evaluators), so a run started with ``init_from`` on this workdir matc
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -35,7 +36,9 @@ EVALS = {
 
 
 def _config_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"exp_{name}", os.path.join(ROOT, "configs", f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -100,6 +103,38 @@ def demo_start(workdir: str, start: str | None = None) -> str:
     return path
 
 
+def start_parser(doc: str, name: str, steps: int) -> argparse.ArgumentParser:
+    """The arguments every experiment starting from ``demo_start`` takes: ``--workdir``
+    (default /tmp/alignjax_<name>), ``--start``, ``--seeds`` (3), ``--steps`` and ``--out``
+    (experiments/results/<name>.json). Add the experiment's own before parsing."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--workdir", default=f"/tmp/alignjax_{name}")
+    p.add_argument(
+        "--start", default=None, help="a trained run (default: configs/demo.py, 550 steps)"
+    )
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", f"{name}.json"))
+    return p
+
+
+def evaluate_run(path: str, config) -> dict[str, float]:
+    """The run at ``path`` (its newest checkpoint, as trained) scored by ``config``'s
+    evaluators: how an experiment scores its untrained start with a trained arm's config."""
+    from alignjax import config as config_lib
+    from alignjax import restore
+    from alignjax.evaluate import evaluators as evaluators_lib
+
+    run = restore.load_run(None, path)
+    evaluators = evaluators_lib.build_evaluators(
+        config_lib.resolve(config), run.model, run.tokenizer, run.mesh, run.build.objective.scorers
+    )
+    out = {}
+    for ev in evaluators:
+        out.update(ev.run(run.params))
+    return out
+
+
 def pretrained_metrics(workdir: str) -> dict[str, float]:
     """The row (see ``summary_row``) of the finished pre-training run in ``workdir``."""
     with open(os.path.join(workdir, "pretrained.json")) as f:
@@ -151,4 +186,3 @@ def write_result(out: str, result: dict[str, Any], table: str) -> None:
     print(table)
     print(json.dumps(result["verdict"], indent=1))
     print(f"wall {result['wall_s']:.0f} s; wrote {out}")
-

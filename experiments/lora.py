@@ -29,7 +29,6 @@ over seeds) and the verdict.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -41,9 +40,7 @@ for path in (ROOT, os.path.join(ROOT, "experiments")):
 
 import _pretrained  # noqa: E402
 
-from alignjax import config as config_lib  # noqa: E402
-from alignjax import optim, restore, train  # noqa: E402
-from alignjax.evaluate import evaluators as evaluators_lib  # noqa: E402
+from alignjax import optim, train  # noqa: E402
 
 ARMS = {  # name -> (label, configs/lora.py argument after the path)
     "frozen": ("frozen start (hand-crafted prompt)", None),
@@ -70,39 +67,19 @@ def lora_config(start: str, arg: str, seed: int, steps: int):
     return c
 
 
-def evaluate_start(start: str) -> dict[str, float]:
-    """The start scored by configs/lora.py's evaluators (nothing trained)."""
-    run = restore.load_run(None, start)
-    c = config_lib.resolve(lora_config(start, "full", 0, 200))
-    evaluators = evaluators_lib.build_evaluators(
-        c, run.model, run.tokenizer, run.mesh, run.build.objective.scorers
-    )
-    out = {}
-    for ev in evaluators:
-        out.update(ev.run(run.params))
-    return out
-
-
 def trained_values(config) -> int:
     t = train.build_trainer(config)
     return optim.trainable_count(t.abstract_state.params, t.config.optim.freeze)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", default="/tmp/alignjax_lora")
-    p.add_argument(
-        "--start", default=None, help="a trained run (default: configs/demo.py, 550 steps)"
-    )
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "lora.json"))
+    p = _pretrained.start_parser(__doc__, "lora", steps=200)
     a = p.parse_args(argv)
     t0 = time.time()
     start = _pretrained.demo_start(a.workdir, a.start)
     t_start = time.time() - t0
     tag = "from_" + os.path.basename(os.path.normpath(start))  # runs cached per start
-    frozen = evaluate_start(start)
+    frozen = _pretrained.evaluate_run(start, lora_config(start, "full", 0, 200))  # the start
     frozen_row = {m: frozen[key] for m, (key, _) in METRICS.items()}
     runs, counts = [], {"frozen": 0}
     for name, (_, arg) in ARMS.items():

@@ -126,7 +126,9 @@ class CrossModalEvaluator(base.Evaluator):
                 max_captions=1,
                 cache=False,
             )
-            params = jax.device_put(anchor.params, parallel.replicated(ctx.mesh))
+            # Every process holds the whole host copy: each device takes it replicated.
+            rep = parallel.replicated(ctx.mesh)
+            params = jax.tree.map(lambda x: embed.global_array(np.asarray(x), rep), anchor.params)
             self._anchor_emb = split.embed(params, with_text=False)
             self.anchor = None  # The host copy of the weights is no longer needed.
         return self._anchor_emb
