@@ -41,11 +41,16 @@ def base_config() -> ConfigDict:
     # every metrics.jsonl record to a W&B run under <workdir>/wandb (resumed runs continue
     # it); mode 'offline' needs no network (`wandb sync` uploads later), 'online' logs live.
     # Needs `pip install 'alignjax[wandb]'`.
+    # `pictures`: at every evaluation the evaluators draw what they see (zero-shot
+    # predictions and confusion matrices, retrieval similarity matrices) into
+    # <workdir>/pictures/step_<N>/, and the curves (loss, lr, evaluation) go to
+    # <workdir>/pictures/curves.png; `python -m alignjax.report WORKDIR` gathers them.
     c.log = ConfigDict(
         {
             'wandb': ConfigDict(
                 {'project': '', 'mode': 'offline', 'entity': '', 'name': '', 'group': '', 'tags': ()}
-            )
+            ),
+            'pictures': True,
         }
     )
     c.eval_every_steps = 500  # 0: evaluate only at the end.

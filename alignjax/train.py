@@ -36,7 +36,7 @@ import optax
 from absl import flags
 
 from alignjax import checkpoint as checkpoint_lib
-from alignjax import cli, objectives, optim, parallel, preemption
+from alignjax import cli, objectives, optim, parallel, plots, preemption
 from alignjax import config as config_lib
 from alignjax import data as data_lib
 from alignjax import evaluate as evaluate_lib
@@ -618,16 +618,19 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
     def run_evals(step: int, final: bool) -> dict[str, float]:
         results = {}
         due = [ev for ev in evaluators if final or ev.due(step)]
+        params = t.build.model_params(state.params)  # One object: the splits' memo holds.
         for i, ev in enumerate(due):
             began = time.perf_counter()
             _log(f'Evaluating {ev.name} ({i + 1}/{len(due)}) at step {step} ...')
-            results.update(ev.run(t.build.model_params(state.params)))
+            results.update(ev.run(params))
             for name in scored_sets:
                 weights = t.build.model_params(state.weights[name])
                 results.update({f'{k}/{name}': v for k, v in ev.run(weights).items()})
             _log(f'  {ev.name} done in {time.perf_counter() - began:.1f} s')
         if results:
             writer.write(step, results)
+        if config.log.pictures and due:
+            draw_pictures(workdir, step, due, params)
         return results
 
     def save(step: int, metrics: dict[str, Any]) -> None:
@@ -718,6 +721,29 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
         eval_results,
     )
     return summary
+
+
+def draw_pictures(workdir: str, step: int, evaluators, params) -> list[str]:
+    """Each evaluator's pictures for `params` into <workdir>/pictures/step_<step>/, and the
+    run's curves so far into <workdir>/pictures/curves.png (process 0 writes). A picture
+    that fails to draw is logged and skipped: it never stops a run."""
+    out_dir = os.path.join(workdir, workdir_lib.PICTURES_DIR, f'step_{step}')
+    if jax.process_index() == 0:
+        os.makedirs(out_dir, exist_ok=True)
+    began, files = time.perf_counter(), []
+    for ev in evaluators:
+        try:
+            files += ev.pictures(params, out_dir)
+        except Exception as e:  # noqa: BLE001 - pictures are a view, not a result.
+            _log(f'  pictures of {ev.name} failed ({type(e).__name__}: {e}); skipped.')
+    if jax.process_index() == 0:
+        curves = os.path.join(workdir, workdir_lib.PICTURES_DIR, workdir_lib.CURVES_FILE)
+        try:
+            files.append(plots.plot_curves(workdir_lib.read_metrics(workdir), curves))
+        except Exception as e:  # noqa: BLE001
+            _log(f'  the curves failed to draw ({type(e).__name__}: {e}); skipped.')
+        _log(f'  {len(files)} pictures in {time.perf_counter() - began:.1f} s -> {out_dir}')
+    return files
 
 
 def check_can_resume(config: ConfigDict, workdir: str) -> int | None:

@@ -1,4 +1,5 @@
-"""A run is its workdir: config.json, metrics.jsonl, TensorBoard events, summary.json.
+"""A run is its workdir: config.json, metrics.jsonl, TensorBoard events, summary.json,
+pictures/ (`PICTURES_DIR`: `step_<N>/*.png` per evaluation, `CURVES_FILE`) and report.html.
 
 Only process 0 writes files; every process may call these (they no-op elsewhere).
 """
@@ -59,6 +60,10 @@ def check_writable(workdir: str) -> None:
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise ValueError(f'--workdir {workdir} is not writable: give a directory you can write to.')
 
+
+PICTURES_DIR = 'pictures'
+CURVES_FILE = 'curves.png'
+REPORT_FILE = 'report.html'
 
 # What a resumed run must share with the run that wrote the checkpoint: everything that
 # decides the parameters' shapes, the loss, the data order and its tokens. The rest (steps,

@@ -16,6 +16,7 @@ def get_config(arg=None):
     c.log_every_steps = 1
     c.eval_every_steps = 0
     c.checkpoint_every_steps = 10
+    c.log.pictures = False  # Drawing costs seconds per evaluation; tests/test_report.py draws.
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.data.image_size = 16
     c.tokenizer.vocab_size = 256

@@ -223,3 +223,33 @@ class Evaluator:
 
     def run(self, params) -> dict[str, float]:
         raise NotImplementedError
+
+    def pictures(self, params, out_dir: str) -> list[str]:
+        """PNG files of what this evaluator sees for `params`, written under `out_dir` by
+        process 0 (every process calls it: embedding is collective). Call right after
+        `run(params)` with the same `params` object: the split's embeddings are reused."""
+        return []
+
+
+def example_images(source: Any, rows: Sequence[int]) -> list[np.ndarray] | None:
+    """The images of examples `rows` of `source` as arrays, for pictures; None when the
+    source cannot hand them out by index (a stream) or an image does not decode."""
+    try:
+        return [np.asarray(source[int(r)]['image']) for r in rows]
+    except Exception:  # noqa: BLE001 - a picture is never worth failing an evaluation.
+        return None
+
+
+def example_captions(source: Any, rows: Sequence[int]) -> list[str]:
+    """The first caption of examples `rows` of `source`."""
+    out = []
+    for r in rows:
+        ex = source[int(r)]
+        caps = ex.get('captions')
+        out.append(str(caps[0] if caps is not None and len(caps) else ex.get('caption', '')))
+    return out
+
+
+def is_writer() -> bool:
+    """Whether this process writes pictures (process 0; the others only embed)."""
+    return jax.process_index() == 0

@@ -27,11 +27,12 @@ With `geometry=True` (default) the evaluator also logs, on the same embeddings,
 
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 import numpy as np
 
-from alignjax import scoring
+from alignjax import plots, scoring
 from alignjax.evaluate import base, geometry, ranks
 from alignjax.evaluate import metrics as metrics_lib
 
@@ -107,6 +108,23 @@ class RetrievalEvaluator(_PairedEvaluator):
             geo = geometry_of(emb, self.cfg.max_uniformity)
             out.update({f'geometry/{self.name}/{k}': v for k, v in geo.items()})
         return out
+
+    #: Images (and their first captions) in the similarity matrix.
+    PICTURE_PAIRS = 12
+
+    def pictures(self, params, out_dir: str) -> list[str]:
+        """`retrieval_<name>_similarity.png`: the cosine similarities of the split's first
+        images and their first captions (the diagonal holds the true pairs)."""
+        emb = self.split.embed(params, with_text=True)
+        n = min(self.PICTURE_PAIRS, emb.image.shape[0])
+        images = base.example_images(self.split.source, range(n))
+        if not base.is_writer() or images is None or n == 0:
+            return []
+        first = np.searchsorted(emb.image_of_text, np.arange(n))  # captions are image-major
+        sim = emb.text[first] @ emb.image[:n].T  # [captions, images]
+        captions = base.example_captions(self.split.source, range(n))
+        path = os.path.join(out_dir, f'retrieval_{self.name}_similarity.png')
+        return [plots.plot_similarity(sim, images, captions, path, title=self.name)]
 
 
 class GeometryEvaluator(_PairedEvaluator):

@@ -38,12 +38,13 @@ prototype groups a class again scores its best group. The host receives [N, C] s
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import ClassVar
 
 import jax
 import numpy as np
 
-from alignjax import scoring, validation
+from alignjax import plots, scoring, validation
 from alignjax.data import few_shot
 from alignjax.evaluate import base, ranks
 from alignjax.evaluate import classnames as classnames_lib
@@ -216,6 +217,49 @@ class ZeroShotEvaluator(base.Evaluator):
                 for k, v in metrics_lib.zero_shot_metrics_from_ranks(r, labels).items():
                     out[f'{scorer.qualify(group)}/{k}'] = v
         return out
+
+    #: Images in the prediction grid; confusion matrices are drawn up to this many classes.
+    PICTURE_IMAGES = 16
+    PICTURE_MAX_CLASSES = 100
+
+    def top_classes(self, params, task: str, image: np.ndarray, k: int = 3) -> np.ndarray:
+        """[N, k] the k best classes of each image embedding [N, D] (global cosine, a class
+        scoring its best prototype group), computed in row chunks on the host."""
+        w = self.class_embeddings(params, task)  # [G, C, D]
+        k = min(k, w.shape[1])
+        out = []
+        for start in range(0, image.shape[0], 4096):
+            s = np.einsum('nd,gcd->gnc', image[start : start + 4096], w).max(axis=0)
+            out.append(np.argsort(-s, axis=1, kind='stable')[:, :k])
+        return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+
+    def pictures(self, params, out_dir: str) -> list[str]:
+        """Per task: `zeroshot_<name>[_<task>]_predictions.png` (the first images of the
+        split with their top-3 classes, right in green, wrong in red) and `..._confusion.png`
+        (true x predicted top-1 over the whole split, up to PICTURE_MAX_CLASSES classes)."""
+        emb = self.split.embed(params, with_text=False)
+        files = []
+        for t, task in self.tasks.items():
+            labels = self.class_ids(t, emb.labels)
+            rows = np.flatnonzero(labels >= 0)
+            top = self.top_classes(params, t, emb.image[rows])
+            if not base.is_writer():
+                continue
+            names, tag = task['classnames'], f'{self.name}_{t}' if t else self.name
+            title = f'{self.name} {t}'.strip()
+            if len(names) <= self.PICTURE_MAX_CLASSES:
+                counts = plots.confusion_matrix(labels[rows], top[:, 0], len(names))
+                path = os.path.join(out_dir, f'zeroshot_{tag}_confusion.png')
+                files.append(plots.plot_confusion(counts, names, path, title=title))
+            shown = rows[: self.PICTURE_IMAGES]
+            images = base.example_images(self.split.source, shown)
+            if images is not None:
+                path = os.path.join(out_dir, f'zeroshot_{tag}_predictions.png')
+                n = len(shown)
+                files.append(
+                    plots.plot_predictions(images, top[:n], labels[shown], names, path, title)
+                )
+        return files
 
 
 def mean_template_embedding(z: np.ndarray, n_cls: int) -> np.ndarray:
