@@ -122,7 +122,7 @@ def plot_predictions(
     n = len(images)
     cols = min(n, 8)
     rows = max(1, math.ceil(n / cols))
-    fig = Figure(figsize=(1.6 * cols, 2.0 * rows))
+    fig = Figure(figsize=(1.6 * cols, 2.2 * rows), layout='constrained')  # room for titles
     for i in range(n):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(_as_rgb(images[i]), cmap='gray')
@@ -136,7 +136,6 @@ def plot_predictions(
                     bbox=dict(facecolor='white', alpha=0.75, pad=1, lw=0))  # fmt: skip
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
 

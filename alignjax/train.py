@@ -36,7 +36,7 @@ import optax
 from absl import flags
 
 from alignjax import checkpoint as checkpoint_lib
-from alignjax import cli, objectives, optim, parallel, plots, preemption
+from alignjax import cli, objectives, optim, parallel, preemption
 from alignjax import config as config_lib
 from alignjax import data as data_lib
 from alignjax import evaluate as evaluate_lib
@@ -630,7 +630,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
         if results:
             writer.write(step, results)
         if config.log.pictures and due:
-            draw_pictures(workdir, step, due, params)
+            evaluate_lib.evaluators.draw_pictures(workdir, step, due, params, _log)
         return results
 
     def save(step: int, metrics: dict[str, Any]) -> None:
@@ -721,29 +721,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str, devices=None) -> dict[s
         eval_results,
     )
     return summary
-
-
-def draw_pictures(workdir: str, step: int, evaluators, params) -> list[str]:
-    """Each evaluator's pictures for `params` into <workdir>/pictures/step_<step>/, and the
-    run's curves so far into <workdir>/pictures/curves.png (process 0 writes). A picture
-    that fails to draw is logged and skipped: it never stops a run."""
-    out_dir = os.path.join(workdir, workdir_lib.PICTURES_DIR, f'step_{step}')
-    if jax.process_index() == 0:
-        os.makedirs(out_dir, exist_ok=True)
-    began, files = time.perf_counter(), []
-    for ev in evaluators:
-        try:
-            files += ev.pictures(params, out_dir)
-        except Exception as e:  # noqa: BLE001 - pictures are a view, not a result.
-            _log(f'  pictures of {ev.name} failed ({type(e).__name__}: {e}); skipped.')
-    if jax.process_index() == 0:
-        curves = os.path.join(workdir, workdir_lib.PICTURES_DIR, workdir_lib.CURVES_FILE)
-        try:
-            files.append(plots.plot_curves(workdir_lib.read_metrics(workdir), curves))
-        except Exception as e:  # noqa: BLE001
-            _log(f'  the curves failed to draw ({type(e).__name__}: {e}); skipped.')
-        _log(f'  {len(files)} pictures in {time.perf_counter() - began:.1f} s -> {out_dir}')
-    return files
 
 
 def check_can_resume(config: ConfigDict, workdir: str) -> int | None:

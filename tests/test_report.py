@@ -16,6 +16,7 @@ from PIL import Image
 from alignjax import plots, report, restore, train
 from alignjax import workdir as workdir_lib
 from alignjax.config import resolve
+from alignjax.evaluate import __main__ as evaluate_cli
 from alignjax.evaluate import evaluators as evaluators_lib
 
 TASKS = ('shape', 'color')
@@ -87,6 +88,17 @@ def test_curves_show_the_evaluation_metrics_that_were_logged(run):
     assert 'zeroshot/shapes_shape/acc1' in keys
     assert 'retrieval/pairs/image_retrieval_recall@1' in keys
     assert not any('@' in k.split('/')[1] for k in keys)  # scorer variants left out
+
+
+def test_re_evaluating_a_checkpoint_draws_its_pictures_where_asked(run, tmp_path):
+    workdir, _ = run
+    ckpt, step = evaluate_cli.locate_checkpoint(None, workdir, 4)
+    config = evaluate_cli.choose_config(None, workdir, ckpt, step)
+    out = str(tmp_path / 'again')
+    step, _ = evaluate_cli.run_evaluators(config, ckpt, step, ['pairs'], pictures_dir=out)
+    assert step == 4
+    files = os.listdir(os.path.join(out, workdir_lib.PICTURES_DIR, 'step_4'))
+    assert files == ['retrieval_pairs_similarity.png']  # only the evaluator asked for
 
 
 def _images(page: str) -> list[bytes]:

@@ -14,7 +14,8 @@ one) unless `--config FILE` is given (then its `config.evals` are the evaluators
 sets any field of its type, on either config; values are Python literals where they parse
 as one, else strings (`classnames=cat,dog,bird`, `classnames=/path/names.txt`,
 `templates='a photo of a {}.|a {}.'`; see docs/EVALUATION.md). `--evals a,b` runs only
-those. `--weights ema` evaluates the run's EMA copy (`config.ema`), or any other extra weight
+those. `--pictures` also draws what the evaluators see (docs/EVALUATION.md, "Pictures and
+the report"). `--weights ema` evaluates the run's EMA copy (`config.ema`), or any other extra weight
 set of the train state.
 
 Results are printed as a table, then written to `<output_dir>/eval_<step>.json`
@@ -110,9 +111,12 @@ def run_evaluators(
     step: int | None = None,
     only: list[str] | None = None,
     weights: str = restore.PARAMS,
+    pictures_dir: str | None = None,
 ) -> tuple[int, dict[str, float]]:
     """Restores `step` (None: newest) and runs the evaluators of `config.evals` (or those
-    named in `only`) on the weight set `weights`; returns (step, metrics)."""
+    named in `only`) on the weight set `weights`; returns (step, metrics). `pictures_dir`:
+    also draw the evaluators' pictures into `<pictures_dir>/pictures/step_<step>/`
+    (`evaluators.draw_pictures`)."""
     config = evaluators_lib.keep_only(config, only)
     if not config.evals:
         raise ValueError(
@@ -127,6 +131,8 @@ def run_evaluators(
     results: dict[str, float] = {}
     for ev in evaluators:
         results.update(ev.run(run.params))
+    if pictures_dir:
+        evaluators_lib.draw_pictures(pictures_dir, run.step, evaluators, run.params)
     return run.step, results
 
 
@@ -203,6 +209,10 @@ def main(argv=None) -> None:
     flags.DEFINE_string('checkpoint', None, 'A checkpoints/ directory or one checkpoints/<step>.')
     flags.DEFINE_string('output_dir', None, 'Where eval_<step>.json goes (default: the workdir).')
     flags.DEFINE_bool('overwrite', False, 'Replace eval_<step>.json instead of keeping it.')
+    flags.DEFINE_bool(
+        'pictures', False, "Also draw the evaluators' pictures into "
+        '<output_dir>/pictures/step_<S>/ (then python -m alignjax.report shows them).'
+    )
     flags.DEFINE_list('evals', None, 'Run only these evaluators of config.evals.')
     flags.DEFINE_string(
         'weights', restore.PARAMS, "Weight set: 'params' (trained), or an extra set such as 'ema'."
@@ -220,7 +230,8 @@ def main(argv=None) -> None:
         config = cli.apply_overrides(choose_config(given, f.workdir, ckpt_dir, step), overrides)
         out_dir = f.output_dir or f.workdir or os.path.dirname(ckpt_dir)
         check_writable(out_dir)
-        step, results = run_evaluators(config, ckpt_dir, step, f.evals, f.weights)
+        pictures = out_dir if f.pictures else None
+        step, results = run_evaluators(config, ckpt_dir, step, f.evals, f.weights, pictures)
         # The table first: a failed write loses nothing that was computed.
         workdir_lib.print_table(f'Evaluation of step {step} ({f.weights})', results)
         try:

@@ -34,13 +34,17 @@ Linear probe and geometry use the global embeddings only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import ml_collections
 
-from alignjax import scoring, validation
+from alignjax import plots, scoring, validation
+from alignjax import workdir as workdir_lib
 from alignjax.evaluate import base
 from alignjax.evaluate.cross_modal import CrossModalEvaluator
 from alignjax.evaluate.embed import Embedder
@@ -63,7 +67,7 @@ EVALUATORS = {
     )
 }
 
-__all__ = ['EVALUATORS', 'Embedder', 'build_evaluators', 'keep_only']
+__all__ = ['EVALUATORS', 'Embedder', 'build_evaluators', 'draw_pictures', 'keep_only']
 
 
 def build_evaluators(
@@ -106,3 +110,31 @@ def keep_only(config: ConfigDict, names: Sequence[str] | None) -> ConfigDict:
         if name not in names:
             del config.evals[name]
     return config
+
+
+def draw_pictures(
+    workdir: str, step: int, evaluators: Sequence[Any], params, log: Callable[[str], None] = print
+) -> list[str]:
+    """Each evaluator's pictures for `params` into <workdir>/pictures/step_<step>/, and the
+    run's curves so far (from <workdir>/metrics.jsonl, if there) into
+    <workdir>/pictures/curves.png. Call right after running the evaluators on the same
+    `params` (their embeddings are reused); every process calls it, process 0 writes. A
+    picture that fails to draw is logged and skipped: pictures never stop a run."""
+    out_dir = os.path.join(workdir, workdir_lib.PICTURES_DIR, f'step_{step}')
+    if jax.process_index() == 0:
+        os.makedirs(out_dir, exist_ok=True)
+    began, files = time.perf_counter(), []
+    for ev in evaluators:
+        try:
+            files += ev.pictures(params, out_dir)
+        except Exception as e:  # noqa: BLE001 - pictures are a view, not a result.
+            log(f'  pictures of {ev.name} failed ({type(e).__name__}: {e}); skipped.')
+    if jax.process_index() == 0:
+        if os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+            curves = os.path.join(workdir, workdir_lib.PICTURES_DIR, workdir_lib.CURVES_FILE)
+            try:
+                files.append(plots.plot_curves(workdir_lib.read_metrics(workdir), curves))
+            except Exception as e:  # noqa: BLE001
+                log(f'  the curves failed to draw ({type(e).__name__}: {e}); skipped.')
+        log(f'  {len(files)} pictures in {time.perf_counter() - began:.1f} s -> {out_dir}')
+    return files
