@@ -88,11 +88,27 @@ def _started(config):
     return t, state
 
 
-def test_teacher_of_another_size_loads_and_gets_no_update(teacher_run):
+@pytest.fixture(scope='module')
+def student(teacher_run):
+    """The student trainer (no accumulation) and its first state, teacher loaded, on the host.
+
+    Both tests below start from it: its init, teacher load and step compile once instead of
+    once per test (each `step_fn` call donates its state: start from a `_put` copy).
+    """
+    t, state = _started(_student_config(teacher_run))
+    return t, jax.device_get(state)
+
+
+def _put(t, host_state):
+    return jax.device_put(host_state, t.state_shardings)
+
+
+def test_teacher_of_another_size_loads_and_gets_no_update(teacher_run, student):
     ckpt = checkpoint_lib.Checkpointer(teacher_run + '/checkpoints')
     saved = ckpt.restore(2, train.build_trainer(_teacher_config()).abstract_state, None).params
     ckpt.close()
-    t, state = _started(_student_config(teacher_run))
+    t, start_state = student
+    state = _put(t, start_state)
     teacher = state.weights['teacher']
     assert sum(x.size for x in _leaves(teacher)) > sum(x.size for x in _leaves(state.params))
     start = _leaves(state.params)
@@ -107,13 +123,14 @@ def test_teacher_of_another_size_loads_and_gets_no_update(teacher_run):
     assert not any(np.array_equal(x, y) for x, y in zip(_leaves(state.params), start))
 
 
-def test_gradient_accumulation_is_exact(teacher_run):
+def test_gradient_accumulation_is_exact(teacher_run, student):
+    """The same started state (grad_accum_steps does not enter it) through both steps."""
+    full_t, start_state = student
+    accum_t = train.build_trainer(_student_config(teacher_run, 2), jax.devices()[:2])
     runs = []
-    for accum in (1, 2):
-        t, state = _started(_student_config(teacher_run, accum))
-        before = jax.device_get(state.params)
-        new, metrics = t.step_fn(state, t.global_batch(_batch()))
-        runs.append((before, jax.device_get(new.params), jax.device_get(metrics)))
+    for t in (full_t, accum_t):
+        new, metrics = t.step_fn(_put(t, start_state), t.global_batch(_batch()))
+        runs.append((start_state.params, jax.device_get(new.params), jax.device_get(metrics)))
     (before, full, m_full), (_, acc, m_acc) = runs
     for key in ('train/loss', 'train/grad_norm', 'train/loss_distill'):
         np.testing.assert_allclose(m_acc[key], m_full[key], rtol=1e-5, err_msg=key)
