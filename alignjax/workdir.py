@@ -46,8 +46,16 @@ def write_json(path: str, obj: Any) -> None:
 def check_writable(workdir: str) -> None:
     """Creates `workdir` if needed; ValueError naming the fix if it cannot hold a run.
 
-    Called before anything is built or written, so a bad --workdir costs nothing.
+    Called before anything is built or written, so a bad --workdir costs nothing. A URL
+    (gs://, s3://) is refused: the workdir is read and written with local file calls, and
+    `os.makedirs('gs://b/run')` would make a local folder `gs:/b/run` on every host.
     """
+    if '://' in str(workdir):
+        raise ValueError(
+            f'--workdir {workdir}: a URL is not supported as a workdir (it would be a local '
+            'folder on each host); give a directory every host sees at the same path, e.g. '
+            'an NFS or Filestore mount (docs/TPU_PODS.md). Data may stay on gs:// (wds:gs://...).'
+        )
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f'--workdir {workdir} is a file, not a directory: give a directory.')
     try:

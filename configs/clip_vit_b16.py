@@ -3,7 +3,7 @@
 Launch on a TPU v4-256 slice (every host runs the same command; JAX detects the slice):
 
   gcloud compute tpus tpu-vm ssh $TPU --worker=all --command \
-    "python -m alignjax.train --config configs/clip_vit_b16.py --workdir gs://$BUCKET/clip_b16"
+    "python -m alignjax.train --config configs/clip_vit_b16.py --workdir /mnt/shared/clip_b16"
 
 Check it first on any CPU machine with `configs/clip_vit_b16.py:runlocal` (below).
 

@@ -4,7 +4,7 @@ Zhai et al. 2022, "LiT: Zero-Shot Transfer with Locked-image text Tuning"; big_v
 `lit_coco` recipe. Launch on a TPU v3-32 (or one 8-GPU host), with the pre-trained image
 tower and the tokenizer model:
 
-  python -m alignjax.train --config configs/lit_vit_b16.py --workdir gs://$BUCKET/lit_b16 \
+  python -m alignjax.train --config configs/lit_vit_b16.py --workdir /mnt/shared/lit_b16 \
     --config.init_from.path=/ckpt/vit_b16 --config.init_from.mapping='("img",)' \
     --config.tokenizer.model_path=/data/cc_en.32000/sentencepiece.model
 

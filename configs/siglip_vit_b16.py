@@ -3,7 +3,7 @@
 Launch on a TPU v4-256 slice (every host runs the same command):
 
   gcloud compute tpus tpu-vm ssh $TPU --worker=all --command \
-    "python -m alignjax.train --config configs/siglip_vit_b16.py --workdir gs://$BUCKET/siglip_b16"
+    "python -m alignjax.train --config configs/siglip_vit_b16.py --workdir /mnt/shared/siglip_b16"
 
 Check it first on any CPU machine with `configs/siglip_vit_b16.py:runlocal` (below).
 

@@ -230,6 +230,13 @@ def test_train_cli_errors_are_one_line(tmp_path):
     assert proc.returncode != 0 and 'Traceback' in proc.stderr
 
 
+def test_a_url_workdir_is_refused_and_nothing_local_is_made(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match='a URL is not supported as a workdir'):
+        workdir_lib.check_writable('gs://bucket/run')
+    assert not os.listdir(tmp_path)  # no local 'gs:' folder
+
+
 def test_read_only_workdir_is_refused_before_building(tmp_path):
     with pytest.raises(ValueError, match='cannot be created'):
         workdir_lib.check_writable('/proc/alignjax_cannot_be_here')
