@@ -38,6 +38,7 @@ METHOD_FIELDS = {  # Switch on every part of the methods that has one.
 }
 METHOD_OVERRIDES = {  # What a method's config must set besides its loss fields.
     'coop': {'optim.freeze': ('(?!coop_context).*',)},  # Only the context trains.
+    'mlm': {'model.text.convention': 'big_vision'},  # MLM needs a bidirectional tower.
 }
 CASES = [(n, METHOD_OVERRIDES.get(n, {})) for n in ACCUMULATING] + [
     ('clip', {'optim.freeze': ('img/.*',)}),  # LiT: a frozen tower.
@@ -69,6 +70,11 @@ def _batch(n=16):
         'neg_tokens': _tokens(rng, n),
         'sub_tokens': _tokens(rng, n * 2).reshape(n, 2, 8),
         'coop_label': (np.arange(n) % 3).astype(np.int32),
+        # The attributes objective's labels (`attributes.KEY`), one column per attribute.
+        **{
+            f'attr_{a}': (np.arange(n) % c).astype(np.int32)
+            for a, c in zip(('shape', 'color', 'size', 'position', 'count'), (8, 8, 2, 3, 2))
+        },
         # UniCL: classes shared across micro-batches, and captions (-1) of their own.
         'class_id': np.where(np.arange(n) % 4 == 3, -1, np.arange(n) % 3).astype(np.int32),
         'data_type': (np.arange(n) % 4 != 3).astype(np.int32),
