@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 __all__ = ['confusion_matrix', 'plot_confusion', 'plot_curves', 'plot_predictions',
-           'plot_similarity', 'eval_curve_keys']  # fmt: skip
+           'plot_similarity', 'plot_token_maps', 'eval_curve_keys', 'token_maps']  # fmt: skip
 
 RIGHT, WRONG = 'tab:green', 'tab:red'
 # Evaluation metrics drawn in the curves: accuracy and recall@1 of every evaluator.
@@ -174,5 +174,50 @@ def plot_confusion(counts: np.ndarray, classnames: Sequence[str], path: str, tit
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def token_maps(image_tokens: np.ndarray, text_tokens: np.ndarray) -> np.ndarray | None:
+    """[n_words, h, w] word-to-patch similarities ``<t_j, v_p>`` of one caption's token
+    embeddings [n_words, D] against one image's patch tokens [h * w, D] laid out on the
+    square patch grid; None when the patch count is not a square (a class token, or a
+    learned token reduction such as Wukong's)."""
+    n = image_tokens.shape[0]
+    side = int(round(math.sqrt(n)))
+    if side * side != n:
+        return None
+    sim = np.asarray(text_tokens, np.float32) @ np.asarray(image_tokens, np.float32).T
+    return sim.reshape(-1, side, side)
+
+
+def plot_token_maps(
+    images: Sequence[np.ndarray],
+    words: Sequence[Sequence[str]],
+    maps: Sequence[np.ndarray],
+    path: str,
+    title: str = '',
+    max_words: int = 6,
+) -> str:
+    """Word-to-patch heat maps: a row per image (the image, then one panel per word of its
+    caption with that word's patch similarities over the image, brightest where the word
+    matches best). ``maps[i]``: [len(words[i]), h, w] (`token_maps`)."""
+    cols = 1 + min(max_words, max((len(w) for w in words), default=0))
+    rows = len(images)
+    fig = Figure(figsize=(1.5 * cols, 1.65 * rows), layout='constrained')
+    for i, (image, ws, m) in enumerate(zip(images, words, maps)):
+        image = _as_rgb(image)
+        h, w = image.shape[:2]
+        ax = fig.add_subplot(rows, cols, i * cols + 1)
+        ax.imshow(image, cmap='gray')
+        ax.set_axis_off()
+        for j, word in enumerate(ws[: cols - 1]):
+            ax = fig.add_subplot(rows, cols, i * cols + 2 + j)
+            ax.imshow(image, cmap='gray', extent=(0, w, h, 0))
+            ax.imshow(m[j], cmap='jet', alpha=0.5, extent=(0, w, h, 0), interpolation='bilinear')
+            ax.set_title(_shown_text(word, 14), fontsize=7)
+            ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=110)
     return path

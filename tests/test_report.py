@@ -13,11 +13,12 @@ import pytest
 import tiny_config
 from PIL import Image
 
-from alignjax import plots, report, restore, train
+from alignjax import plots, report, restore, scoring, train
 from alignjax import workdir as workdir_lib
 from alignjax.config import resolve
 from alignjax.evaluate import __main__ as evaluate_cli
 from alignjax.evaluate import evaluators as evaluators_lib
+from alignjax.evaluate import retrieval
 
 TASKS = ('shape', 'color')
 EVALS = dict(
@@ -80,6 +81,33 @@ def test_the_confusion_matrix_is_the_measured_accuracy(run):
         assert counts.sum() == 48
         acc = np.trace(counts) / 48
         assert acc == pytest.approx(summary[f'zeroshot/shapes_{t}/acc1'])
+
+
+def test_a_tokenwise_scorer_draws_each_words_patch_similarities(run, tmp_path):
+    """FILIP-style pictures: one heat map per caption word, the similarities of that word's
+    token to every patch token, on the patch grid."""
+    workdir, _ = run
+    loaded = restore.load_run(None, workdir)
+    c = resolve(loaded.config)
+    c.evals = dict(pairs=EVALS['pairs'])
+    scorers = (scoring.GLOBAL, scoring.tokenwise_scorer())
+    [ev] = evaluators_lib.build_evaluators(c, loaded.model, loaded.tokenizer, loaded.mesh, scorers)
+    ev.run(loaded.params)
+    files = ev.pictures(loaded.params, str(tmp_path))
+    assert [os.path.basename(f) for f in files] == [
+        'retrieval_pairs_similarity.png',
+        'retrieval_pairs@tokenwise_words.png',
+    ]
+    _png(open(files[1], 'rb').read())
+    # The maps are the token dot products, on the 4 x 4 patch grid of a 16 px image.
+    emb = ev.split.embed(loaded.params, with_text=True)
+    caption = ev.split.source[0]['caption']
+    words, maps = ev.word_maps(emb.features['tokenwise'], [0], [caption])
+    assert words[0] == loaded.tokenizer.words(caption)[: len(words[0])] and words[0]
+    img, txt = emb.features['tokenwise']
+    keep, _ = retrieval.token_names(loaded.tokenizer, caption, loaded.tokenizer([caption])[0])
+    want = txt['tokens'][0][keep[: len(words[0])]] @ img['tokens'][0].T
+    np.testing.assert_allclose(maps[0], want.reshape(-1, 4, 4), rtol=1e-6)
 
 
 def test_curves_show_the_evaluation_metrics_that_were_logged(run):

@@ -124,7 +124,58 @@ class RetrievalEvaluator(_PairedEvaluator):
         sim = emb.text[first] @ emb.image[:n].T  # [captions, images]
         captions = base.example_captions(self.split.source, range(n))
         path = os.path.join(out_dir, f'retrieval_{self.name}_similarity.png')
-        return [plots.plot_similarity(sim, images, captions, path, title=self.name)]
+        files = [plots.plot_similarity(sim, images, captions, path, title=self.name)]
+        for scorer in self.scorers:  # Token-wise scorers: where each word looks.
+            feats = emb.features.get(scorer.name)
+            if feats is not None and isinstance(feats[0], dict) and 'tokens' in feats[0]:
+                k = min(self.PICTURE_TOKEN_IMAGES, n)
+                words, maps = self.word_maps(feats, first[:k], captions[:k])
+                if maps is not None:
+                    path = os.path.join(out_dir, f'retrieval_{self.name}@{scorer.name}_words.png')
+                    title = f'{self.name}: word-to-patch similarity ({scorer.name})'
+                    files.append(plots.plot_token_maps(images[:k], words, maps, path, title))
+        return files
+
+    #: Images whose word-to-patch heat maps are drawn for a token-wise scorer.
+    PICTURE_TOKEN_IMAGES = 4
+
+    def word_maps(self, feats, text_rows, captions):
+        """(words, [n_words, h, w] maps) per image for a token-wise scorer's features:
+        each valid caption token but BOS and EOS, named by the tokenizer (`token_names`);
+        (_, None) when the image tokens are not a square patch grid."""
+        img, txt = feats
+        words, maps = [], []
+        for i, (row, caption) in enumerate(zip(text_rows, captions)):
+            ids = np.asarray(self.ctx.tokenizer([caption]))[0]
+            keep, names = token_names(self.ctx.tokenizer, caption, ids)
+            if 'mask' in txt:  # the scorer's own validity mask
+                keep = [t for t in keep if bool(txt['mask'][row][t])]
+            m = plots.token_maps(img['tokens'][i], txt['tokens'][row][keep])
+            if m is None:
+                return words, None
+            words.append([names[t] for t in keep])
+            maps.append(m)
+        return words, maps
+
+
+def token_names(tokenizer, caption: str, ids: np.ndarray) -> tuple[list[int], dict[int, str]]:
+    """(positions of the caption's content tokens, {position: its text}) in a token row:
+    special tokens (BOS, EOS, padding) left out; names from a word tokenizer's `words`, else
+    its `decode` of the one id, else the id itself."""
+    special = {tokenizer.eos_id, tokenizer.pad_id} | (
+        {tokenizer.bos_id} if tokenizer.bos_id is not None else set()
+    )
+    positions = [t for t, i in enumerate(ids) if int(i) not in special]
+    pieces = tokenizer.words(caption) if hasattr(tokenizer, 'words') else None
+    names = {}
+    for n, t in enumerate(positions):
+        if pieces is not None and n < len(pieces):
+            names[t] = pieces[n]
+        elif hasattr(tokenizer, 'decode'):
+            names[t] = tokenizer.decode([int(ids[t])]).strip() or str(int(ids[t]))
+        else:
+            names[t] = str(int(ids[t]))
+    return positions, names
 
 
 class GeometryEvaluator(_PairedEvaluator):
