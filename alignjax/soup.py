@@ -499,8 +499,11 @@ def plot_wise_ft(curve: Sequence[dict[str, Any]], path: str, title: str = 'WiSE-
     for r in curve:
         ax.annotate(f"{r['alpha']:g}", (r['id'], r['shift']), fontsize=7,
                     textcoords='offset points', xytext=(4, 3))  # fmt: skip
-    ax.plot([x[0]], [y[0]], 's', color='tab:green', label='alpha=0 (zero-shot)')
-    ax.plot([x[-1]], [y[-1]], 'D', color='tab:red', label='alpha=1 (fine-tuned)')
+    # The endpoints as given: the zero-shot and fine-tuned models only when alpha is 0 / 1.
+    names = {0.0: ' (zero-shot)', 1.0: ' (fine-tuned)'}
+    lo, hi = curve[0]['alpha'], curve[-1]['alpha']
+    ax.plot([x[0]], [y[0]], 's', color='tab:green', label=f'alpha={lo:g}{names.get(lo, "")}')
+    ax.plot([x[-1]], [y[-1]], 'D', color='tab:red', label=f'alpha={hi:g}{names.get(hi, "")}')
     ax.set_xlabel('in-distribution score')
     ax.set_ylabel('shifted-distribution score')
     ax.set_title(title)
