@@ -147,7 +147,7 @@ EVAL = dict(type='zeroshot', data='synthetic:shapes', split='val', tasks=['shape
             num_examples=48, batch_size=16)  # fmt: skip
 
 
-def _run_config(seed, width=32):
+def _run_config(seed, width=32, evals=True):
     c = tiny_config.get_config()
     c.seed = seed
     c.total_steps = 3
@@ -155,31 +155,44 @@ def _run_config(seed, width=32):
     c.log_every_steps = 3
     c.optim.lr = 3e-3
     c.model.image.width = width
-    c.evals.heldout = dict(EVAL)
+    if evals:
+        c.evals.heldout = dict(EVAL)
     return c
 
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-    """Three tiny runs of one architecture (seeds 0-2) and one of another width."""
+    """Three tiny runs of one architecture (seeds 0-2) and one of another width.
+
+    Only run 0 has the evaluator: it is the reference of every test and CLI call here, whose
+    config is the one read (`load_ingredient` restores an ingredient against the reference's
+    config), so the other runs skip compiling and running a final evaluation no test reads.
+    """
     root = tmp_path_factory.mktemp('soup')
     out = []
     for seed in range(3):
         wd = str(root / f'run{seed}')
-        train.train_and_evaluate(_run_config(seed), wd)
+        train.train_and_evaluate(_run_config(seed, evals=seed == 0), wd)
         out.append(wd)
     other = str(root / 'wide')
-    train.train_and_evaluate(_run_config(0, width=48), other)
+    train.train_and_evaluate(_run_config(0, width=48, evals=False), other)
     return out, other
+
+
+@pytest.fixture(scope='module')
+def reference(runs):
+    """Run 0 loaded once (tests only read it): the evaluators' encoders, jitted per model,
+    compile once for the module instead of once per test."""
+    return soup.load_reference(runs[0][0])
 
 
 def _host(params):
     return jax.tree.map(np.asarray, params)
 
 
-def test_identical_ingredients_give_the_model_and_the_soup_is_the_plain_mean(runs):
+def test_identical_ingredients_give_the_model_and_the_soup_is_the_plain_mean(runs, reference):
     paths, _ = runs
-    ref = soup.load_reference(paths[0])
+    ref = reference
     same = soup.uniform(ref, [paths[0]] * 3)
     _equal(_host(same.params), _host(ref.params))
     assert jax.tree.leaves(same.params)[0].sharding == jax.tree.leaves(ref.params)[0].sharding
@@ -189,9 +202,9 @@ def test_identical_ingredients_give_the_model_and_the_soup_is_the_plain_mean(run
     _allclose(_host(mixed.params), plain, rtol=1e-5, atol=1e-6)
 
 
-def test_greedy_soup_never_drops_and_keeps_the_mean_of_what_it_kept(runs):
+def test_greedy_soup_never_drops_and_keeps_the_mean_of_what_it_kept(runs, reference):
     paths, _ = runs
-    ref = soup.load_reference(paths[0])
+    ref = reference
     score = soup.Scorer(ref)
     metric = 'zeroshot/heldout_*/acc1'
     result = soup.greedy(ref, paths, score, metric)
@@ -208,10 +221,10 @@ def test_greedy_soup_never_drops_and_keeps_the_mean_of_what_it_kept(runs):
     _allclose(_host(result.params), plain, rtol=1e-5, atol=1e-6)
 
 
-def test_greedy_accept_gt_drops_ties_and_ge_keeps_them(runs):
+def test_greedy_accept_gt_drops_ties_and_ge_keeps_them(runs, reference):
     """The same run three times: every candidate soup ties the soup; 'gt' keeps one."""
     paths, _ = runs
-    ref = soup.load_reference(paths[0])
+    ref = reference
     calls = []
 
     def score(params):  # Any deterministic score works: the procedure is what is tested.
@@ -226,11 +239,11 @@ def test_greedy_accept_gt_drops_ties_and_ge_keeps_them(runs):
         soup.greedy(ref, paths, score, 's', accept='x')
 
 
-def test_greedy_drops_an_ingredient_that_hurts_and_returns_the_mean_of_the_kept(runs):
+def test_greedy_drops_an_ingredient_that_hurts_and_returns_the_mean_of_the_kept(runs, reference):
     """Scored by closeness to the mean of runs 0 and 1: those two are kept, run 2 (which
     moves the soup away) is dropped, and the soup is exactly their mean."""
     paths, _ = runs
-    ref = soup.load_reference(paths[0])
+    ref = reference
     thetas = [_host(soup.load_ingredient(ref, p)) for p in paths]
     target = jax.tree.map(lambda a, b: (a.astype(np.float64) + b) / 2, thetas[0], thetas[1])
 
@@ -255,9 +268,9 @@ def test_metric_globs_skip_per_scorer_metrics_unless_asked():
         soup.select_metric(results, 'x')
 
 
-def test_wise_ft_endpoints_are_the_two_models(runs):
+def test_wise_ft_endpoints_are_the_two_models(runs, reference):
     paths, _ = runs
-    ref = soup.load_reference(paths[0])
+    ref = reference
     id_metric, shift_metric = 'zeroshot/heldout_*/acc1', 'zeroshot/heldout_shape/acc1'
     scorer = soup.Scorer(ref)
     result = soup.wise_ft(ref, paths[1], [0.0, 0.5, 1.0], scorer, id_metric, shift_metric, 1.0)
@@ -271,9 +284,9 @@ def test_wise_ft_endpoints_are_the_two_models(runs):
     _equal(_host(at_zero.params), _host(ref.params))
 
 
-def test_exports_are_ingredients_like_their_runs(runs, tmp_path):
+def test_exports_are_ingredients_like_their_runs(runs, reference, tmp_path):
     paths, _ = runs
-    ref = soup.load_reference(paths[0])
+    ref = reference
     exported = export.export_checkpoint(paths[1], str(tmp_path / 'e1'))
     _equal(_host(soup.load_ingredient(ref, os.path.dirname(exported))),
            _host(soup.load_ingredient(ref, paths[1])))  # fmt: skip
@@ -288,9 +301,9 @@ def test_exports_are_ingredients_like_their_runs(runs, tmp_path):
     _equal(_host(from_export.params), _host(soup.load_ingredient(ref, paths[1])))
 
 
-def test_an_ingredient_of_another_architecture_fails_naming_it(runs, tmp_path):
+def test_an_ingredient_of_another_architecture_fails_naming_it(runs, reference, tmp_path):
     paths, wide = runs
-    ref = soup.load_reference(paths[0])
+    ref = reference
     exported = os.path.dirname(export.export_checkpoint(wide, str(tmp_path / 'wide')))
     with pytest.raises(
         ValueError,
@@ -303,9 +316,9 @@ def test_an_ingredient_of_another_architecture_fails_naming_it(runs, tmp_path):
         soup.load_ingredient(ref, str(tmp_path))
 
 
-def test_learned_coefficients_lower_the_few_shot_loss(runs):
+def test_learned_coefficients_lower_the_few_shot_loss(runs, reference):
     paths, _ = runs
-    ref = soup.load_reference(paths[0])
+    ref = reference
     (ev,) = soup.Scorer(ref).evaluators
     data = soup.few_shot_examples(ev, 'shape', shots=2, seed=0)
     assert data.images.shape[0] <= 2 * 8 and np.bincount(data.labels).max() <= 2
