@@ -44,9 +44,16 @@ def _embed(model, params, images, tokens):
     return np.asarray(out.zimg), np.asarray(out.ztxt)
 
 
-def test_fresh_adapters_leave_the_model_exactly_as_it_was():
+@pytest.fixture(scope='module')
+def fresh():
+    """A trainer of `_config()` and its initial parameters (host): the init compiles once for
+    the fresh-adapter test and the run's starting point."""
     t = train.build_trainer(_config())
-    params = t.init_fn().params
+    return t, jax.device_get(t.init_fn().params)
+
+
+def test_fresh_adapters_leave_the_model_exactly_as_it_was(fresh):
+    t, params = fresh
     merged = t.build.model_params(params)
     plain = {k: v for k, v in params.items() if k != lora.LORA}
     assert _flat(merged).keys() == _flat(plain).keys()
@@ -119,11 +126,11 @@ def test_a_scanned_encoder_gets_factors_per_layer():
 
 
 @pytest.fixture(scope='module')
-def lora_run(tmp_path_factory):
+def lora_run(tmp_path_factory, fresh):
     """A 3-step LoRA run (towers frozen), its initial parameters and its workdir."""
     workdir = str(tmp_path_factory.mktemp('lora_run'))
     c = _config()
-    initial = jax.device_get(train.build_trainer(c).init_fn().params)
+    _, initial = fresh  # What the run's own init gives: same config and seed.
     train.train_and_evaluate(c, workdir)
     return c, workdir, initial
 
