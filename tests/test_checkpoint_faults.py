@@ -12,6 +12,7 @@ import os
 import signal
 
 import pytest
+from conftest import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location(
@@ -19,6 +20,10 @@ _spec = importlib.util.spec_from_file_location(
 )
 R = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(R)
+# The runs get the suite's XLA flags (tests/conftest.py), which reliability.py's children
+# replace with their device count alone; this module's copy of the script only.
+_env = R._env
+R._env = lambda devices: {**_env(devices), 'XLA_FLAGS': xla_flags(devices)}
 
 pytestmark = pytest.mark.slow
 

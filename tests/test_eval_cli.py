@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 import tiny_config
+from conftest import xla_flags
 from alignjax import cli as alignjax_cli, data as data_lib, restore, train, workdir as workdir_lib
 from alignjax.evaluate import __main__ as cli, clip_benchmark
 
@@ -112,7 +113,7 @@ def test_two_processes_give_the_one_process_metrics(run, tmp_path):
     port = _free_port()
     env = dict(
         os.environ,
-        XLA_FLAGS='--xla_force_host_platform_device_count=4',
+        XLA_FLAGS=xla_flags(4),
         JAX_PLATFORMS='cpu',
         PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, 'tests')]),
     )

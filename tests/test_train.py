@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import tiny_config
+from conftest import xla_flags
 from alignjax import optim, train, workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +87,7 @@ def test_two_processes_match_one(tmp_path, reference_8x1):
     port = _free_port()
     env = dict(
         os.environ,
-        XLA_FLAGS='--xla_force_host_platform_device_count=4',
+        XLA_FLAGS=xla_flags(4),
         JAX_PLATFORMS='cpu',
         PYTHONPATH=os.path.join(REPO, 'tests'),
     )
