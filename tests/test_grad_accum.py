@@ -39,10 +39,12 @@ METHOD_FIELDS = {  # Switch on every part of the methods that has one.
 METHOD_OVERRIDES = {  # What a method's config must set besides its loss fields.
     'coop': {'optim.freeze': ('(?!coop_context).*',)},  # Only the context trains.
     'mlm': {'model.text.convention': 'big_vision'},  # MLM needs a bidirectional tower.
+    # CLIP itself, with an EMA copy updated by the step: every check of plain CLIP, and the
+    # EMA's, from one pair of compiled steps (a case of its own would compile both again).
+    'clip': {'ema.decay': 0.9},
 }
 CASES = [(n, METHOD_OVERRIDES.get(n, {})) for n in ACCUMULATING] + [
     ('clip', {'optim.freeze': ('img/.*',)}),  # LiT: a frozen tower.
-    ('clip', {'ema.decay': 0.9}),  # An EMA copy updated by the step.
     # FLIP patch dropout: a row's mask follows its global index, not the micro-batch split.
     ('clip', {'model.image.patch_dropout': 0.5}),
     # LoRA: the factors train through the merged kernels, the towers frozen.
