@@ -40,24 +40,28 @@ def _run(tmp_path, name, devices=None, **overrides):
 
 
 @pytest.fixture(scope='module')
-def reference_8x1(tmp_path_factory):
-    """20 steps on 8 devices, mesh data=8."""
-    workdir, _ = _run(tmp_path_factory.mktemp('ref'), 'ref', mesh=dict(data=8, fsdp=1, tensor=1))
-    return _losses(workdir)
+def reference_run(tmp_path_factory):
+    """(workdir, summary) of 20 steps on 8 devices, mesh data=8, a checkpoint every 10."""
+    return _run(tmp_path_factory.mktemp('ref'), 'ref', mesh=dict(data=8, fsdp=1, tensor=1))
 
 
-def test_losses_decrease_and_workdir_complete(tmp_path, reference_8x1):
-    workdir, summary = _run(tmp_path, 'run', total_steps=4, checkpoint_every_steps=2)
+@pytest.fixture(scope='module')
+def reference_8x1(reference_run):
+    return _losses(reference_run[0])
+
+
+def test_losses_decrease_and_workdir_complete(reference_run, reference_8x1):
+    workdir, summary = reference_run  # The reference run's own workdir (no run of its own).
     for name in ('config.json', 'metrics.jsonl', 'summary.json'):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert os.listdir(os.path.join(workdir, 'tensorboard'))
-    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10', '20']
     records = [r for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
     assert {'step', 'time', 'train/loss', 'train/lr'} <= set(records[0])
     # The first step includes compiling: no rate is measured over it; the next ones have one.
     assert 'train/samples_per_s' not in records[0]
     assert {'train/samples_per_s', 'train/eta_s'} <= set(records[1])
-    assert summary['step'] == 4
+    assert summary['step'] == 20
     assert reference_8x1.shape == (20,)
     assert reference_8x1[-3:].mean() < reference_8x1[:3].mean()
 
