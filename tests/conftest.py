@@ -8,11 +8,17 @@ hundreds of tiny programs and run each a few times, so compiling dominates the s
 LLVM's optimisation is about half of each compile. The programs are the same (XLA's HLO
 passes and the SPMD partitioner still run) and so are the results up to float rounding (3
 steps of the tiny model end with some parameters ~5e-7 apart), well inside the tests'
-tolerances; every comparison that must be bit-exact compares runs made with these flags. Subprocesses inherit them through XLA_FLAGS (`xla_flags(devices)` for tests that
-set their own device count).
+tolerances; every comparison that must be bit-exact compares runs made with these flags.
+Subprocesses inherit them through XLA_FLAGS (`xla_flags(devices)` for tests that set their
+own device count).
+
+A persistent compilation cache is not used: a train step loaded from it deadlocked in an
+all-gather on the 8 CPU devices (XLA's rendezvous "stuck" termination), reproducibly.
 """
 
 import os
+
+import pytest
 
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
@@ -24,3 +30,26 @@ def xla_flags(devices: int) -> str:
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def larger_tiny_config():
+    """tests/tiny_config.py with a larger model (embed 24, towers 48 wide), 2 steps: the
+    teacher of another size that test_distill.py and test_weight_sets.py load."""
+    import tiny_config
+
+    c = tiny_config.get_config()
+    c.model.embed_dim, c.model.image.width, c.model.text.width = 24, 48, 48
+    c.total_steps = c.checkpoint_every_steps = 2
+    c.optim.warmup_steps = 1
+    return c
+
+
+@pytest.fixture(scope="session")
+def larger_tiny_run(tmp_path_factory):
+    """The workdir of a `larger_tiny_config()` run, trained once for the session (its
+    users only read it)."""
+    from alignjax import train
+
+    workdir = str(tmp_path_factory.mktemp("larger_tiny_run"))
+    train.train_and_evaluate(larger_tiny_config(), workdir)
+    return workdir

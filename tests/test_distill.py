@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tiny_config
+from conftest import larger_tiny_config
 
 from alignjax import checkpoint as checkpoint_lib
 from alignjax import config as config_lib
@@ -44,19 +45,10 @@ def test_distill_term_is_minimal_at_the_teacher_logits():
 
 
 # ----------------------------------------------------------------------------- a real teacher
-def _teacher_config():
-    c = tiny_config.get_config()
-    c.model.embed_dim, c.model.image.width, c.model.text.width = 24, 48, 48  # Larger.
-    c.total_steps = c.checkpoint_every_steps = 2
-    c.optim.warmup_steps = 1
-    return c
-
-
 @pytest.fixture(scope='module')
-def teacher_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp('teacher'))
-    train.train_and_evaluate(_teacher_config(), workdir)
-    return workdir
+def teacher_run(larger_tiny_run):
+    """A larger tiny model's run (tests/conftest.py: embed 24, towers 48 wide, 2 steps)."""
+    return larger_tiny_run
 
 
 def _student_config(teacher, accum=1):
@@ -105,7 +97,7 @@ def _put(t, host_state):
 
 def test_teacher_of_another_size_loads_and_gets_no_update(teacher_run, student):
     ckpt = checkpoint_lib.Checkpointer(teacher_run + '/checkpoints')
-    saved = ckpt.restore(2, train.build_trainer(_teacher_config()).abstract_state, None).params
+    saved = ckpt.restore(2, train.build_trainer(larger_tiny_config()).abstract_state, None).params
     ckpt.close()
     t, start_state = student
     state = _put(t, start_state)

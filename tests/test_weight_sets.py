@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 import tiny_config
+from conftest import larger_tiny_config
 
 from alignjax import checkpoint as checkpoint_lib
 from alignjax import objectives, train
@@ -117,18 +118,15 @@ class _DistillFromRun(objectives.Objective):
         return loss, self.metrics(loss, s, agree=agree)
 
 
-def test_teacher_of_another_architecture_loads_from_another_run(tmp_path):
-    c = tiny_config.get_config()
-    c.model.text.width, c.model.image.width = 48, 48  # A larger teacher.
-    c.total_steps = c.checkpoint_every_steps = 2
-    c.optim.warmup_steps = 1
-    train.train_and_evaluate(c, str(tmp_path / 'teacher'))
-    ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'teacher' / 'checkpoints'))
-    saved = ckpt.restore(2, train.build_trainer(c).abstract_state, None)
+def test_teacher_of_another_architecture_loads_from_another_run(tmp_path, larger_tiny_run):
+    # A larger teacher: tests/conftest.py's run of a larger tiny model (shared with
+    # test_distill.py), read only.
+    ckpt = checkpoint_lib.Checkpointer(f'{larger_tiny_run}/checkpoints')
+    saved = ckpt.restore(2, train.build_trainer(larger_tiny_config()).abstract_state, None)
     ckpt.close()
 
     s = tiny_config.get_config()
-    s.loss = objectives.loss_config('test_distill_from_run', teacher_path=str(tmp_path / 'teacher'))
+    s.loss = objectives.loss_config('test_distill_from_run', teacher_path=larger_tiny_run)
     s.total_steps = s.checkpoint_every_steps = 2
     s.optim.warmup_steps = 1
     student = tmp_path / 'student'
