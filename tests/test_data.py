@@ -188,6 +188,32 @@ def test_caption_colour_rate_and_object_scale_options():
         data.ShapesDataset("train", 32, object_scale=2.0)
 
 
+def test_caption_noise_swaps_texts_and_nothing_else():
+    clean = synthetic.ShapesDataset('train', num_examples=400, extra_captions=True)
+    noisy = synthetic.ShapesDataset('train', num_examples=400, extra_captions=True,
+                                    caption_noise=0.3)  # fmt: skip
+    texts = collections.defaultdict(set)  # (caption, long caption) -> clean indices
+    for i in range(400):
+        texts[clean[i]['caption'], clean[i]['long_caption']].add(i)
+    swapped = 0
+    for i in range(400):
+        a, b = clean[i], noisy[i]
+        np.testing.assert_array_equal(a['image'], b['image'])
+        assert b['labels'] == dict(a['labels'], noisy_caption=b['labels']['noisy_caption'])
+        owners = texts[b['caption'], b['long_caption']]
+        if b['labels']['noisy_caption']:
+            swapped += 1
+            assert owners - {i}, f'{i}: the texts are no other example\'s'
+        else:
+            assert i in owners
+    assert 0.22 < swapped / 400 < 0.38  # Binomial(400, 0.3): 6 std either side.
+    again = synthetic.ShapesDataset('train', num_examples=400, caption_noise=0.3)
+    assert [again[i]['caption'] for i in range(20)] == [noisy[i]['caption'] for i in range(20)]
+    assert 'noisy_caption' not in clean[0]['labels']
+    with pytest.raises(ValueError, match='caption_noise'):
+        synthetic.ShapesDataset('train', caption_noise=1.0)
+
+
 def test_zero_shot_tasks():
     tasks = data.ShapesDataset.zero_shot_tasks()
     assert {"shape", "color"} <= set(tasks)

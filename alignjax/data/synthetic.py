@@ -35,6 +35,12 @@ reads "object"/"shape"), so a text model has to read words, not slot positions. 
 studies (spec ``synthetic:shapes?color_mention=0.5&object_scale=1.15``): ``color_mention``,
 the probability that a caption names the colour (default 0.95; images are unchanged), and
 ``object_scale``, a factor on every object's radius (default 1.0; labels are unchanged).
+Noisy pairs (``synthetic:shapes?caption_noise=0.3``, for data curation and soft-negative
+studies): each example's texts (caption, and the extra and hard-negative captions when
+asked for) are, with that probability, those of another random example of the split, from
+a random stream of their own (seeded by ``(seed, split, index)``); images, labels and the
+other examples' captions are unchanged, and ``labels['noisy_caption']`` (1 if swapped, 0
+if not; only with ``caption_noise > 0``) says which pairs are noisy.
 For task splits (continual learning, ``alignjax.continual``), ``shapes`` and ``colors``
 keep only the (shape, color) pairs of the listed classes
 (``synthetic:shapes?shapes=circle,square&colors=red,blue``); labels still index
@@ -271,6 +277,8 @@ class ShapesDataset:
         only the split's (shape, color) pairs of those classes are drawn.
       render: ``'rgb'`` (the photo) or ``'depth'`` (the same scene's depth map; module
         docstring). Captions and labels do not depend on it.
+      caption_noise: the probability, in [0, 1), that an example's texts are those of
+        another example (module docstring); 0 leaves every example as it was.
 
     ``ds[i]`` returns ``{'image': uint8 [S, S, 3], 'caption': str, 'labels': {attr: int}}``
     with labels indexing ``ATTRIBUTES[attr]``.
@@ -291,6 +299,7 @@ class ShapesDataset:
         shapes: str | tuple[str, ...] | None = None,
         colors: str | tuple[str, ...] | None = None,
         render: str = "rgb",
+        caption_noise: float = 0.0,
     ):
         if split not in _SPLITS:
             raise ValueError(f"Unknown split {split!r}; valid splits: {sorted(_SPLITS)}.")
@@ -301,6 +310,12 @@ class ShapesDataset:
         if render not in RENDERS:
             raise ValueError(f"render={render!r} is not a rendering; valid: {list(RENDERS)}.")
         self.render = render
+        if not 0.0 <= float(caption_noise) < 1.0:
+            raise ValueError(
+                f"caption_noise is the fraction of captions swapped, in [0, 1); got "
+                f"{caption_noise}."
+            )
+        self.caption_noise = float(caption_noise)
         self.split = split
         self.image_size = int(image_size)
         self.seed = int(seed)
@@ -338,6 +353,19 @@ class ShapesDataset:
             index += self.num_examples
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self!r}")
+        example = self._clean_example(index)
+        if self.caption_noise:
+            # Its own stream, so images, labels and clean captions do not depend on the noise.
+            noise = np.random.default_rng([self.seed, _SPLITS[self.split], index, 3])
+            swapped = bool(noise.random() < self.caption_noise) and self.num_examples > 1
+            if swapped:  # Every text of another example of the split (never this one).
+                other = (index + 1 + int(noise.integers(self.num_examples - 1))) % self.num_examples
+                texts = self._clean_example(other)
+                example.update({k: v for k, v in texts.items() if k not in ("image", "labels")})
+            example["labels"] = dict(example["labels"], noisy_caption=int(swapped))
+        return example
+
+    def _clean_example(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
         u = rng.random(12)
         labels = self._sample_labels(u)
@@ -359,7 +387,9 @@ class ShapesDataset:
         return (
             f"ShapesDataset(split={self.split!r}, image_size={self.image_size}, "
             f"seed={self.seed}, num_examples={self.num_examples}"
-            + (f", render={self.render!r})" if self.render != "rgb" else ")")
+            + (f", render={self.render!r}" if self.render != "rgb" else "")
+            + (f", caption_noise={self.caption_noise}" if self.caption_noise else "")
+            + ")"
         )
 
     # -- metadata -----------------------------------------------------------------------
