@@ -61,6 +61,10 @@ FT_LR = 1e-3  # experiments/wise_ft.py's fine-tuning rate (constant, weight deca
 EVAL_EXAMPLES = 32 if TINY else 500  # Images per evaluator at each alpha.
 ALPHAS = [0.0, 0.5, 1.0] if TINY else [round(0.1 * i, 1) for i in range(11)]
 TARGET_COLORS = "red,green,blue,yellow"  # The fine-tunes' narrow target distribution.
+# Tiny mode also shrinks the model (one layer per tower at 24 px): compiling is most of a
+# tiny run's time. Otherwise configs/demo.py's model and 48 px images.
+IMAGE_SIZE = 24 if TINY else 48
+TOWER_SIZE = {"width": 32, "depth": 1, "mlp_dim": 64} if TINY else {}
 
 # %% [markdown]
 # ## 1. The "zero-shot" start
@@ -68,12 +72,13 @@ TARGET_COLORS = "red,green,blue,yellow"  # The fine-tunes' narrow target distrib
 # WiSE-FT needs two models of one architecture: a broadly trained one (in the paper, CLIP
 # zero-shot) and its fine-tune on a narrower task. Here the broad model is the demo model
 # (`configs/demo.py:clip`: plain CLIP, one caption per image) trained briefly on every seen
-# (shape, colour) pair. In tiny mode the model is also shrunk, so that the notebook runs in
-# seconds; the numbers then mean nothing, only the steps do.
+# (shape, colour) pair. In tiny mode the model is also shrunk and trained a few steps, so
+# that the notebook runs in seconds: the numbers then mean nothing, only the steps do.
 #
 # The runs go to a fresh temporary directory in tiny mode and to `runs/notebooks/04_adaptation/`
-# otherwise: running the notebook again there resumes the finished runs (the trainer then only
-# re-evaluates), so the curves can be redrawn without training again.
+# (under the notebook's folder) otherwise. Running the notebook again there finds the finished
+# runs and skips their training (the trainer resumes from the last checkpoint, which is the
+# end), so the curves can be redrawn, or other alphas tried, in seconds.
 
 # %%
 import tempfile
@@ -98,10 +103,9 @@ start_config.log_every_steps = max(1, START_STEPS // 10)
 start_config.eval_every_steps = 0
 start_config.checkpoint_every_steps = START_STEPS
 start_config.evals = {}  # Every model is scored in step 3, once per alpha.
-if TINY:  # A one-layer model at 24 px: compiling is most of a tiny run's time.
-    start_config.data.image_size = 24
-    for tower in (start_config.model.image, start_config.model.text):
-        tower.width, tower.depth, tower.mlp_dim = 32, 1, 64
+start_config.data.image_size = IMAGE_SIZE
+for tower in (start_config.model.image, start_config.model.text):
+    tower.update(TOWER_SIZE)
 
 start = str(root / "start")
 summary = train.train_and_evaluate(start_config, start)
@@ -274,22 +278,58 @@ for name, result in results.items():
     )
 
 # %% [markdown]
-# ## 4. Keep one mix
+# ## 4. Keep one mix, and look at what it predicts
 #
 # `soup.wise_ft` returns the model at the alpha with the best in-distribution score (the
-# choice one can make without shifted data; pass `alpha=` to choose). `soup.save` writes it
-# as an export with `soup.json` (the whole curve); `alignjax.load_pretrained` reads it back
-# like any weights, and `config.init_from.path` can start a run from it.
+# choice one can make without shifted data; pass `alpha=` to choose another). `soup.save`
+# writes it as an export with `soup.json` beside it (the whole curve);
+# `alignjax.load_pretrained` reads it back like any weights (and `config.init_from.path` can
+# start a run from it).
+#
+# Below, held-out test images in the four colours the fine-tunes never saw, with the top-3
+# shapes of the start and of the kept mix (green: right, red: wrong, with the true shape).
+# Shape is the demo's hardest attribute; compare the two rows image by image.
 
 # %%
 import alignjax
+from alignjax.data.synthetic import COLORS, ShapesDataset
 
 chosen = results["full fine-tune"]
-out = soup.save(chosen, reference, str(root / "wise_ft_full"))
-print(f"alpha {chosen.record['alpha']:g} written to {out}")
-model = alignjax.load_pretrained(os.path.dirname(out))
-z = model.encode_text(["a red circle.", "a blue square."])
-print("text embeddings", z.shape, "cosine", float(z[0] @ z[1]))
+export_path = soup.save(chosen, reference, str(root / "wise_ft_full"))
+print(f"alpha {chosen.record['alpha']:g} written to {export_path}")
+
+unseen = [c for c in COLORS if c not in TARGET_COLORS.split(",")]
+test = ShapesDataset("test", image_size=IMAGE_SIZE, num_examples=16, colors=unseen)
+examples = [test[i] for i in range(len(test))]
+images = np.stack([e["image"] for e in examples])
+labels = np.array([e["labels"]["shape"] for e in examples])
+task = ShapesDataset.zero_shot_tasks()["shape"]
+# Half the images show a pair: a class scores the better of its singular and plural prompts.
+groups = [task, *task.get("prototypes", [])]
+
+models = {
+    "the start (alpha 0)": start,
+    f"the kept mix (alpha {chosen.record['alpha']:g})": os.path.dirname(export_path),
+}
+for i, (name, path) in enumerate(models.items()):
+    clip = alignjax.load_pretrained(path)
+    image_emb = clip.encode_image(images)
+    scores = []
+    for g in groups:  # Each class: its prompts' mean embedding, renormalised.
+        z = clip.encode_text([t.format(c) for c in g["classnames"] for t in g["templates"]])
+        z = z.reshape(len(g["classnames"]), len(g["templates"]), -1).mean(1)
+        scores.append(image_emb @ (z / np.linalg.norm(z, axis=-1, keepdims=True)).T)
+    top3 = np.argsort(-np.max(scores, 0), axis=1)[:, :3]
+    accuracy = np.mean(top3[:, 0] == labels)
+    title = f"{name}: top-3 shapes in {', '.join(unseen)} (accuracy {accuracy:.2f})"
+    png = str(root / f"predictions_{i}.png")
+    display(
+        Image(
+            filename=plots.plot_predictions(
+                images, top3, labels, task["classnames"], png, title=title
+            )
+        )
+    )
 
 # %% [markdown]
 # ## With real pre-trained weights
@@ -297,8 +337,8 @@ print("text embeddings", z.shape, "cosine", float(z[0] @ z[1]))
 # The same steps with a released CLIP (not run here: it needs the weights and COCO /
 # ImageNet as TFDS datasets, see docs/PRETRAINED.md and docs/DATA.md). Convert the weights,
 # fine-tune LiT-style or fully with `configs/finetune_clip.py`, then draw the WiSE-FT curve
-# between the converted start and the fine-tune, with an in-distribution and a shifted
-# evaluator of your choice added on the command line:
+# between the converted start and the fine-tune, scored by the config's two evaluators (COCO
+# retrieval: the fine-tune's own distribution; ImageNet zero-shot: the shift):
 #
 # ```bash
 # python -m alignjax.convert --from hf /ckpt/clip-vit-base-patch32 --out /ckpt/clip_b32
@@ -307,6 +347,6 @@ print("text embeddings", z.shape, "cosine", float(z[0] @ z[1]))
 # python -m alignjax.soup wise_ft --base /ckpt/clip_b32 \
 #     --config configs/finetune_clip.py:full,/ckpt/clip_b32 \
 #     --ingredients runs/clip_b32_full --alphas 0,0.25,0.5,0.75,1 \
-#     --id_metric 'zeroshot/imagenet/acc1' --shift_metric 'retrieval/coco/image_retrieval_recall@1' \
-#     --out runs/clip_b32_wise
+#     --id_metric 'retrieval/coco/image_retrieval_recall@1' \
+#     --shift_metric 'zeroshot/imagenet/acc1' --out runs/clip_b32_wise
 # ```
