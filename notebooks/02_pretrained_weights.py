@@ -24,26 +24,34 @@
 # when the model has learned something.
 
 # %%
-# Installs alignjax from its repository when it is not installed (Colab); a local checkout
-# installed with `pip install -e .` skips this. On a GPU or TPU runtime jax is installed with
-# that accelerator's plug-in, so that alignjax's jax version floor cannot leave a CPU-only
-# jaxlib behind.
+# Installs alignjax when it is not installed (Colab): clones the repository (the notebooks
+# use its configs/) and installs it editable. A local checkout installed with
+# `pip install -e .` skips this. On a GPU or TPU runtime jax is installed with that
+# accelerator's plug-in, so that alignjax's jax version floor cannot leave a CPU-only jaxlib.
 import importlib.util
 import os
+import pathlib
 import subprocess
 import sys
 
 if importlib.util.find_spec("alignjax") is None:
+    clone = pathlib.Path("/content/alignjax" if os.path.isdir("/content") else "alignjax")
+    if not clone.exists():
+        subprocess.check_call(
+            ["git", "clone", "-q", "--depth=1", "https://github.com/alignjax/alignjax", clone]
+        )
     if os.path.exists("/dev/nvidia0"):
         jax_build = "jax[cuda12]"
     elif os.path.exists("/dev/accel0") or "COLAB_TPU_ADDR" in os.environ:
         jax_build = "jax[tpu]"
     else:
         jax_build = "jax"
-    subprocess.check_call(
-        [sys.executable, "-m", "pip", "install", "-q", jax_build,
-         "alignjax @ git+https://github.com/alignjax/alignjax"]
-    )
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", jax_build, "-e", clone])
+    sys.path.insert(0, str(clone.resolve()))  # This process started before the install.
+
+import alignjax
+
+REPO = pathlib.Path(alignjax.__file__).resolve().parents[1]  # configs/ lives here.
 
 # %% tags=["parameters"]
 # ALIGNJAX_NOTEBOOK_TINY=1 (the test suite) shrinks every run to a few steps.
@@ -331,26 +339,10 @@ retrieval_report(clip, "tiny random HF CLIP")
 # In tiny mode the model is shrunk and trains 2 steps, so its numbers are chance too.
 
 # %%
-import pathlib
-
 from alignjax import config as config_lib
 from alignjax import train
 
-
-def demo_config_file():
-    """configs/demo.py of a checkout; a pip-installed alignjax has no configs/, so fetch it."""
-    here = pathlib.Path(alignjax.__file__).resolve().parents[1] / "configs" / "demo.py"
-    if here.exists():
-        return str(here)
-    import urllib.request
-
-    path = os.path.join(root, "demo.py")
-    url = "https://raw.githubusercontent.com/alignjax/alignjax/main/configs/demo.py"
-    urllib.request.urlretrieve(url, path)
-    return path
-
-
-config = config_lib.load_config_file(demo_config_file())
+config = config_lib.load_config_file(str(REPO / "configs" / "demo.py"))
 config.total_steps = TRAIN_STEPS
 config.batch_size = BATCH
 config.optim.warmup_steps = min(50, TRAIN_STEPS // 2)
