@@ -396,8 +396,8 @@ def test_negclip_far_negatives_give_clip_and_close_ones_cost_more():
     ztxt = l2_normalize(zimg + 0.05 * jnp.asarray(rng.normal(size=(5, 8)), jnp.float32))
     far = jnp.tile(-e0, (5, 1))
     np.testing.assert_allclose(
-        negclip.negclip_loss(zimg, ztxt, far, 50.0), clip_loss(zimg, ztxt, 50.0), rtol=1e-6
-    )
+        negclip.negclip_loss(zimg, ztxt, far, 50.0), clip_loss(zimg, ztxt, 50.0), rtol=4e-6
+    )  # Equal up to float32 rounding of the two programs (~2e-6 relative seen).
     # A negative that moves towards its image raises the loss; the gradient says so too.
     rng = np.random.default_rng(4)
     zneg = _unit(rng, 5, 8)
