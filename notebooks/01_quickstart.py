@@ -139,6 +139,7 @@ import numpy as np
 import alignjax
 from alignjax import plots
 from alignjax.data.synthetic import ShapesDataset
+from alignjax.evaluate.zero_shot import mean_template_embedding
 
 clip = alignjax.load_pretrained(workdir)
 test = ShapesDataset("test", image_size=config.data.image_size, num_examples=EVAL_EXAMPLES)
@@ -148,10 +149,9 @@ image_emb = clip.encode_image(images)  # [N, D], unit norm
 
 
 def class_embeddings(classnames, templates):
-    """[C, D]: each class's prompt embeddings, averaged and renormalised."""
+    """[C, D]: each class's prompt embeddings, averaged and renormalised (CLIP's ensembling)."""
     z = clip.encode_text([t.format(c) for c in classnames for t in templates])
-    z = z.reshape(len(classnames), len(templates), -1).mean(1)
-    return z / np.linalg.norm(z, axis=-1, keepdims=True)
+    return mean_template_embedding(z, len(classnames))
 
 
 task = ShapesDataset.zero_shot_tasks()["shape"]

@@ -63,10 +63,11 @@ import jax
 import numpy as np
 from PIL import Image
 
-from alignjax import parallel, pretrained
+from alignjax import parallel, pretrained, workdir
 from alignjax.curate import clusters, dedup, filters, rules
 from alignjax.data import decode as data_decode
 from alignjax.data import sources
+from alignjax.data import write as write_lib
 from alignjax.evaluate import embed
 
 __all__ = ['Curation', 'main', 'read_recaptions', 'scan', 'select', 'write_shards']
@@ -422,13 +423,6 @@ def _shard_path(output: str, s: int) -> str:
     return os.path.join(output, SHARD_DIR, f'{s:05d}.tar')
 
 
-def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    info.mtime = 0  # Same bytes on every run: resumed and fresh shards are identical.
-    tar.addfile(info, io.BytesIO(payload))
-
-
 def _sample(cur: Curation, ex: dict[str, Any], row: dict[str, Any], recaptions) -> dict:
     caption = _caption(ex)
     meta: dict[str, Any] = dict(key=row['key'], index=row['index'], score=row['score'])
@@ -470,7 +464,7 @@ def write_shards(cur: Curation, rows: Sequence[dict[str, Any]], source=None) -> 
                 for row in members:
                     sample = _sample(cur, source[row['index']], row, recaptions)
                     for ext, payload in sample.items():
-                        _add(tar, f"{row['key']}.{ext}", payload)
+                        write_lib.add_tar_member(tar, f"{row['key']}.{ext}", payload)
 
         _atomic_write(paths[s], write)
         progress.update(len(shards[s]))
@@ -507,7 +501,7 @@ def _check_settings(cur: Curation) -> None:
             )
         return
     if cur.process_id == 0:
-        _atomic_write(path, lambda f: f.write(json.dumps(now, indent=1).encode()))
+        workdir.write_json(path, now)
 
 
 def run(cur: Curation, timeout_s: float = 24 * 3600) -> dict[str, Any]:
@@ -530,8 +524,7 @@ def run(cur: Curation, timeout_s: float = 24 * 3600) -> dict[str, Any]:
         last = len(paths) - 1
         summary['spec'] = f'wds:{os.path.join(cur.output, SHARD_DIR)}/{{00000..{last:05d}}}.tar'
     if cur.process_id == 0:
-        text = json.dumps(summary, indent=1).encode()
-        _atomic_write(os.path.join(cur.output, SUMMARY_FILE), lambda f: f.write(text))
+        workdir.write_json(os.path.join(cur.output, SUMMARY_FILE), summary)
     return summary
 
 

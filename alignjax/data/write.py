@@ -33,7 +33,7 @@ from alignjax import errors
 from alignjax.data import csv_source, tfds_source
 from alignjax.data import decode as D
 
-__all__ = ["drop_uncaptioned", "load_rows", "main", "write_tfds", "write_wds"]
+__all__ = ["add_tar_member", "drop_uncaptioned", "load_rows", "main", "write_tfds", "write_wds"]
 
 
 def _progress(total: int, desc: str):
@@ -142,7 +142,8 @@ def _image_payload(path: str, max_side: int | None) -> tuple[bytes, str]:
     return data, ext
 
 
-def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+def add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    """Adds `payload` as file `name`, with mtime 0 so that the same data give the same bytes."""
     info = tarfile.TarInfo(name)
     info.size = len(payload)
     info.mtime = 0  # reproducible shards
@@ -171,16 +172,16 @@ def write_wds(rows, output: str, shard_size: int = 1000, max_side: int | None = 
                 name = f"{shard:05d}{key:06d}"
                 key += 1
                 caps = row["title"]
-                _add(tar, f"{name}.{ext}", payload)
+                add_tar_member(tar, f"{name}.{ext}", payload)
                 meta = {"filepath": row["filepath"]}
                 if isinstance(caps, (list, tuple)):
                     meta["captions"] = [str(c) for c in caps]
                 else:
                     meta["caption"] = str(caps)
-                    _add(tar, f"{name}.txt", str(caps).encode("utf-8"))
-                _add(tar, f"{name}.json", json.dumps(meta).encode("utf-8"))
+                    add_tar_member(tar, f"{name}.txt", str(caps).encode("utf-8"))
+                add_tar_member(tar, f"{name}.json", json.dumps(meta).encode("utf-8"))
                 if "label" in row:
-                    _add(tar, f"{name}.cls", str(row["label"]).encode())
+                    add_tar_member(tar, f"{name}.cls", str(row["label"]).encode())
                 ok += 1
         stats = {"count": ok + bad, "successes": ok, "failed_to_download": bad}
         with open(os.path.join(output, f"{shard:05d}_stats.json"), "w") as f:
